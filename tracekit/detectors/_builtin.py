@@ -1,0 +1,8 @@
+"""Imports every built-in rule module so that each registers itself. Add a module here when you add a rule."""
+
+import importlib
+
+_RULES = ()
+
+for _name in _RULES:
+    importlib.import_module(f"{__package__}.{_name}")
