@@ -9,6 +9,7 @@ Public API::
 Errors are all :class:`tracekit.TracekitError` (see :mod:`tracekit.errors`).
 """
 
+from .analysis import Analysis, analyze
 from .api import detect_format, load
 from .errors import (
     ConfigError,
@@ -29,6 +30,8 @@ __all__ = [
     "__version__",
     "load",
     "detect_format",
+    "analyze",
+    "Analysis",
     "Trace",
     "EventFormat",
     "Field",
