@@ -2,7 +2,7 @@
 
 import importlib
 
-_RULES = ()
+_RULES = ("multi_pmi",)
 
 for _name in _RULES:
     importlib.import_module(f"{__package__}.{_name}")

@@ -1,0 +1,515 @@
+"""How a synthesized PMI shows up in a host trace, and which VM-exit window it falls in.
+
+Implements the KVM detector contract (routes, stages, windows, lost events) shared with the scenario builder in
+:mod:`tracekit.testing`. Upstream Linux has no ``kvm_pmu`` tracepoint, so a PMI that KVM synthesizes into a vCPU is
+seen through whatever the engineer enabled; each way is a *route*:
+
+``deliver_pmi``  a kprobe on ``kvm_pmu_deliver_pmi`` (any system) or an event named ``kvm_pmu*pmi*`` / ``kvm_pmi*``;
+``function``     ``ftrace:function`` whose ``ip`` resolves through the trace's kallsyms to ``kvm_pmu_deliver_pmi``;
+``apic_nmi``     ``kvm:kvm_apic_accept_irq`` with NMI delivery mode (``(dm >> 8) & 7 == 4``) that no NMI IPI of the
+                 same window caused (the last ``kvm_apic_ipi`` before it, NMI mode, aimed at that APIC);
+``inj_nmi``      a ``kvm_inj_nmi`` event (kprobe or out-of-tree tracepoint, any system);
+``lvtpc_fixed``  ``kvm_apic_accept_irq`` Fixed-mode delivery, or ``kvm_inj_virq``, of the guest's LVTPC vector (learnt
+                 per vCPU thread from ``kvm_apic`` writes of ``APIC_LVTPC`` in Fixed mode, or the ``lvtpc_vector``
+                 option).
+
+One PMI seen through several routes counts once. Every route event has a *stage* (delivery 0, APIC 1, injection 2);
+within a window, a new PMI starts at an event whose stage is lower than the previous event's, or equal to it and of a
+kind already seen in the current PMI (``kvm_pmu_deliver_pmi`` seen by a kprobe and by the function tracer is one call;
+the same kind twice is two). ``kvm_apic_accept_irq`` Fixed and the ``kvm_inj_virq`` that follows it are stages 1 and
+2 of one PMI.
+
+A window runs from a ``kvm_exit`` to the next ``kvm_entry`` of the same thread (``common_pid``), across CPU
+migrations. A window is *inconclusive* when it overlaps lost events on a CPU the thread ran on during it (see
+:func:`lost_marks`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ..errors import ConfigError
+from ..model import Trace
+
+__all__ = [
+    "ROUTES",
+    "STAGES",
+    "WINDOW_SCHEMA",
+    "PMI_SCHEMA",
+    "PmiAnalysis",
+    "route_events",
+    "exit_windows",
+    "lost_marks",
+    "analyse_pmis",
+    "KVM_PMI_HINT",
+    "assign_windows",
+    "config_vector",
+]
+
+ROUTES = ("deliver_pmi", "function", "apic_nmi", "lvtpc_fixed", "inj_nmi")
+STAGES = {"deliver_pmi": 0, "function": 0, "apic_nmi": 1, "lvtpc_fixed": 1, "inj_nmi": 2}
+
+# Kinds refine routes: lvtpc_fixed is seen at the APIC (stage 1) and again when injected (stage 2).
+_KINDS = {  # kind → (route, stage)
+    0: ("deliver_pmi", 0),
+    1: ("function", 0),
+    2: ("apic_nmi", 1),
+    3: ("lvtpc_fixed", 1),
+    4: ("inj_nmi", 2),
+    5: ("lvtpc_fixed", 2),
+}
+
+WINDOW_SCHEMA = {
+    "pid": pl.Int32,
+    "vcpu": pl.Int32,
+    "cpu": pl.Int32,
+    "exit_ts": pl.Int64,
+    "entry_ts": pl.Int64,
+    "exit_reason": pl.String,
+    "pmi_count": pl.Int32,
+    "sources": pl.List(pl.String),
+    "inconclusive": pl.Boolean,
+}
+"""One row per VM-exit window (the contract's flagged-exit schema, in this column order)."""
+
+PMI_SCHEMA = {
+    "ts": pl.Int64,
+    "pid": pl.Int32,
+    "cpu": pl.Int32,
+    "route": pl.String,
+    "event": pl.String,
+    "stage": pl.Int8,
+    "window": pl.UInt32,
+    "pmi": pl.UInt32,
+}
+"""Every route event counted: ``window`` is the row of :attr:`PmiAnalysis.windows` it falls in (null outside any
+window), ``pmi`` numbers the unified PMIs (events of one PMI share it)."""
+
+DECOY_SCHEMA = {"ts": pl.Int64, "pid": pl.Int32, "cpu": pl.Int32, "apicid": pl.UInt32, "ipi_ts": pl.Int64,
+                "window": pl.UInt32}
+
+APIC_LVTPC = 0x340
+LVT_MASKED = 1 << 16
+DM_FIXED = 0
+DM_NMI = 4
+PMI_SYMBOL = "kvm_pmu_deliver_pmi"
+
+KVM_PMI_HINT = (
+    "echo 'p:kprobes/kvm_pmu_deliver_pmi kvm_pmu_deliver_pmi' >> /sys/kernel/tracing/kprobe_events && "
+    "trace-cmd record -e kvm:kvm_exit -e kvm:kvm_entry -e kvm:kvm_apic_accept_irq -e kvm:kvm_apic_ipi "
+    "-e kvm:kvm_inj_virq -e kvm:kvm_apic -e kvm:kvm_msr -e kprobes:kvm_pmu_deliver_pmi -e sched:sched_switch "
+    "-e sched:sched_migrate_task"
+)
+
+_DELIVER_NAME = re.compile(r"^kvm_(?:pmi\w*|pmu\w*pmi\w*)$")
+_RETURN_NAME = re.compile(r"(?:__return|_ret|_exit)$")
+_INJ_NMI_NAME = re.compile(r"^kvm_inj_nmi\w*$")
+_I32 = pl.Int32
+_EMPTY_EVENTS = {"ts": pl.Int64, "cpu": pl.Int32, "pid": pl.Int32, "event": pl.String, "kind": pl.Int8,
+                 "seq": pl.UInt32}
+
+
+@dataclass
+class PmiAnalysis:
+    """What :func:`analyse_pmis` found in one trace.
+
+    Attributes:
+        windows: every VM-exit window, :data:`WINDOW_SCHEMA`, ordered by ``exit_ts`` then ``pid``; its row number is
+            the window id used by ``pmis``.
+        isa: per window, the ``kvm_exit`` ``isa`` (1 VMX Intel, 2 SVM AMD), aligned with ``windows``.
+        pmis: every counted route event, :data:`PMI_SCHEMA`.
+        decoys: ``kvm_apic_accept_irq`` NMIs an NMI IPI caused (not counted).
+        outside_pmis: unified PMIs outside any window (thread in guest mode, or before its first exit).
+        routes_present: the routes the trace could show.
+        notes: what could not be used and why.
+    """
+
+    windows: pl.DataFrame
+    isa: pl.Series
+    pmis: pl.DataFrame
+    decoys: pl.DataFrame
+    outside_pmis: int
+    routes_present: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def _short(key: str) -> str:
+    return key.rsplit(":", 1)[-1]
+
+
+def route_events(trace: Trace) -> dict[str, list[str]]:
+    """Event keys (``system:event``) of ``trace`` that can show a PMI, by route name.
+
+    ``apic_nmi`` and ``lvtpc_fixed`` share ``kvm_apic_accept_irq``; ``lvtpc_fixed`` also uses ``kvm_inj_virq``.
+    """
+    out: dict[str, list[str]] = {r: [] for r in ROUTES}
+    for key in trace.frames:
+        s = _short(key)
+        if _DELIVER_NAME.match(s) and not _RETURN_NAME.search(s):
+            out["deliver_pmi"].append(key)
+        elif _INJ_NMI_NAME.match(s) and not _RETURN_NAME.search(s):
+            out["inj_nmi"].append(key)
+        elif s == "function" and key.split(":")[0] in ("ftrace", "function", s):
+            out["function"].append(key)
+        elif s == "kvm_apic_accept_irq":
+            out["apic_nmi"].append(key)
+            out["lvtpc_fixed"].append(key)
+        elif s == "kvm_inj_virq":
+            out["lvtpc_fixed"].append(key)
+    return out
+
+
+def _common(df: pl.DataFrame, event: str, kind: int, extra: dict[str, pl.Expr] | None = None) -> pl.DataFrame:
+    cols = [pl.col("ts").cast(pl.Int64), pl.col("cpu").cast(_I32), pl.col("common_pid").cast(_I32).alias("pid"),
+            pl.lit(event, pl.String).alias("event"), pl.lit(kind, pl.Int8).alias("kind")]
+    cols += [e.alias(n) for n, e in (extra or {}).items()]
+    return df.select(cols).with_row_index("seq")
+
+
+def _events(trace: Trace, key: str) -> pl.DataFrame:
+    return trace.events(key)
+
+
+def _symbol_ranges(trace: Trace, name: str) -> list[tuple[int, int]]:
+    """Address ranges [start, next symbol) of ``name`` and its compiler-suffixed clones (``name.isra.0``)."""
+    ks = trace.kallsyms
+    if ks is None or not len(ks):
+        return []
+    names = ks.names
+    hits = [i for i, n in enumerate(names) if n == name or (isinstance(n, str) and n.startswith(name + "."))]
+    out = []
+    for i in hits:
+        start = int(ks.addrs[i])
+        later = ks.addrs[ks.addrs > ks.addrs[i]]
+        end = int(later[0]) if len(later) else start + 1
+        out.append((start, end))
+    return out
+
+
+def _lvtpc_writes(trace: Trace) -> pl.DataFrame:
+    """``kvm_apic`` writes of APIC_LVTPC: ts, pid, val (empty when the event is absent)."""
+    schema = {"ts": pl.Int64, "pid": pl.Int32, "cpu": pl.Int32, "val": pl.UInt64}
+    if not trace.has("kvm_apic"):
+        return pl.DataFrame(schema=schema)
+    df = trace.events("kvm_apic")
+    return (df.filter((pl.col("rw") != 0) & (pl.col("reg") == APIC_LVTPC))
+            .select(pl.col("ts").cast(pl.Int64), pl.col("common_pid").cast(_I32).alias("pid"),
+                    pl.col("cpu").cast(_I32), pl.col("val").cast(pl.UInt64)))
+
+
+def _candidates(trace: Trace, routes: dict[str, list[str]], lvtpc_vector: int | None,
+                notes: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Route events before window assignment (ts, cpu, pid, event, kind, seq) and NMI ``kvm_apic_accept_irq``
+    rows with their ``apicid`` (for the IPI check)."""
+    parts: list[pl.DataFrame] = []
+    nmi_accepts = pl.DataFrame(schema={**_EMPTY_EVENTS, "apicid": pl.UInt32, "vec": pl.UInt8})
+    for key in routes["deliver_pmi"]:
+        parts.append(_common(_events(trace, key), key, 0))
+    for key in routes["inj_nmi"]:
+        parts.append(_common(_events(trace, key), key, 4))
+    for key in routes["function"]:
+        ranges = _symbol_ranges(trace, PMI_SYMBOL)
+        if not ranges:
+            notes.append(f"{key} is present but {PMI_SYMBOL} is not in the trace's kallsyms: route 'function' "
+                         "not used")
+            continue
+        df = _events(trace, key)
+        ip = df["ip"].cast(pl.UInt64).to_numpy()
+        mask = np.zeros(len(ip), dtype=bool)
+        for lo, hi in ranges:
+            mask |= (ip >= np.uint64(lo)) & (ip < np.uint64(hi))
+        parts.append(_common(df.filter(pl.Series(mask)), key, 1))
+    lvtpc = _lvtpc_writes(trace)
+    for key in dict.fromkeys(routes["apic_nmi"] + routes["lvtpc_fixed"]):
+        s = _short(key)
+        df = _events(trace, key)
+        if s == "kvm_apic_accept_irq":
+            dm = (pl.col("dm").cast(pl.Int64) // 256) % 8
+            acc = _common(df, key, 2, {"apicid": pl.col("apicid").cast(pl.UInt32), "vec": pl.col("vec").cast(pl.UInt8),
+                                       "dm": dm})
+            if key in routes["apic_nmi"]:
+                nmi_accepts = acc.filter(pl.col("dm") == DM_NMI).drop("dm")
+            if key in routes["lvtpc_fixed"]:
+                fixed = acc.filter(pl.col("dm") == DM_FIXED).with_columns(pl.lit(3, pl.Int8).alias("kind"))
+                parts.append(_lvtpc_match(fixed, lvtpc, lvtpc_vector).drop("apicid", "dm"))
+        else:  # kvm_inj_virq: a real interrupt (not INTn), injected for the first time
+            virq = _common(df.filter(~pl.col("soft").cast(pl.Boolean) & ~pl.col("reinjected").cast(pl.Boolean)),
+                           key, 5, {"vec": pl.col("vector").cast(pl.UInt8)})
+            parts.append(_lvtpc_match(virq, lvtpc, lvtpc_vector))
+    parts = [p.select(list(_EMPTY_EVENTS)) for p in parts]
+    cands = pl.concat(parts) if parts else pl.DataFrame(schema=_EMPTY_EVENTS)
+    return cands, nmi_accepts
+
+
+def _lvtpc_match(df: pl.DataFrame, lvtpc: pl.DataFrame, vector: int | None) -> pl.DataFrame:
+    """Rows of ``df`` (with ``vec``) whose vector is the thread's LVTPC vector in Fixed mode at that time: the last
+    LVTPC write of the same thread before the event, or its first one after (the guest may have programmed LVTPC
+    before the trace started and rewrites it in its PMI handler)."""
+    if vector is not None:
+        return df.filter(pl.col("vec") == vector).drop("vec")
+    if lvtpc.is_empty() or df.is_empty():
+        return df.clear().drop("vec")
+    w = lvtpc.sort("ts").select("ts", "pid", pl.col("val").alias("lvt"))
+    d = df.sort("ts")
+    back = d.join_asof(w, on="ts", by="pid", strategy="backward", check_sortedness=False)
+    fwd = d.join_asof(w, on="ts", by="pid", strategy="forward", check_sortedness=False).select("lvt")
+    lvt = back["lvt"].fill_null(fwd["lvt"])
+    out = back.with_columns(lvt=lvt)
+    fixed = ((pl.col("lvt") // 256) % 8 == DM_FIXED) & ((pl.col("lvt") % 256) == pl.col("vec").cast(pl.UInt64))
+    return out.filter(fixed.fill_null(False)).drop("lvt", "vec")
+
+
+def _exit_names(trace: Trace) -> pl.DataFrame:
+    """kvm_exit rows with the reason named from its print fmt (``exit_reason_name``)."""
+    try:
+        df = trace.events("kvm_exit", symbolic=True)
+    except ImportError:  # tracekit.printfmt not available: keep the number
+        df = trace.events("kvm_exit")
+    if "exit_reason_name" not in df.columns:
+        df = df.with_columns(pl.col("exit_reason").cast(pl.String).alias("exit_reason_name"))
+    return df
+
+
+def exit_windows(trace: Trace) -> pl.DataFrame:
+    """Every VM-exit window of ``trace``: window (row id), pid, vcpu, cpu, exit_ts, entry_ts, exit_reason, isa,
+    entry_cpu — ordered by exit_ts then pid.
+
+    Raises:
+        MissingEventError: the trace has no ``kvm_exit`` or no ``kvm_entry``.
+    """
+    ex = _exit_names(trace)
+    isa = pl.col("isa").cast(pl.Int32) if "isa" in ex.columns else pl.lit(None, pl.Int32)
+    exits = ex.select(pl.col("common_pid").cast(_I32).alias("pid"), pl.col("vcpu_id").cast(_I32).alias("vcpu"),
+                      pl.col("cpu").cast(_I32), pl.col("ts").cast(pl.Int64).alias("exit_ts"),
+                      pl.col("exit_reason_name").cast(pl.String).alias("exit_reason"), isa.alias("isa"))
+    exits = exits.with_row_index("_seq").sort(["exit_ts", "_seq"])
+    ent = (trace.events("kvm_entry")
+           .select(pl.col("common_pid").cast(_I32).alias("pid"), pl.col("ts").cast(pl.Int64).alias("entry_ts"),
+                   pl.col("cpu").cast(_I32).alias("entry_cpu"))
+           .sort("entry_ts"))
+    win = exits.join_asof(ent, left_on="exit_ts", right_on="entry_ts", by="pid", strategy="forward",
+                          allow_exact_matches=False, coalesce=False, check_sortedness=False)
+    return (win.sort(["exit_ts", "pid", "_seq"]).drop("_seq", "pid_right", strict=False)
+            .with_row_index("window")
+            .select("window", "pid", "vcpu", "cpu", "exit_ts", "entry_ts", "exit_reason", "isa", "entry_cpu"))
+
+
+def assign_windows(df: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
+    """Add ``window`` (UInt32, null outside any window) and ``gap`` (the last window of the thread that started at or
+    before the event, -1 before the first) to a frame with ``ts`` and ``pid``: the event is in the window of its
+    thread's last exit at or before it when the thread's next entry is not before it."""
+    w = windows.select("pid", "exit_ts", "entry_ts", pl.col("window").alias("_w")).sort("exit_ts")
+    out = (df.sort("ts").join_asof(w, left_on="ts", right_on="exit_ts", by="pid", strategy="backward", check_sortedness=False))
+    inside = pl.col("_w").is_not_null() & (pl.col("entry_ts").is_null() | (pl.col("ts") <= pl.col("entry_ts")))
+    return (out.with_columns(pl.when(inside).then(pl.col("_w")).otherwise(None).cast(pl.UInt32).alias("window"),
+                             pl.col("_w").cast(pl.Int64).fill_null(-1).alias("gap"))
+            .drop("_w", "exit_ts", "entry_ts"))
+
+
+def lost_marks(trace: Trace, presence: pl.DataFrame) -> pl.DataFrame:
+    """Where events were lost: ``cpu`` (null: any CPU), ``lo``, ``hi`` (ns; null: unbounded).
+
+    ``trace.lost_events`` rows with a non-zero ``lost`` or ``lost_unknown``. When the reader gives the time of the
+    page that carried the missed-events flag (column ``ts``, the page's first event), the loss lies between the last
+    earlier event seen on that CPU (column ``prev_ts`` when given, else the last earlier event in ``presence``) and
+    ``ts``; without a time, the whole trace on that CPU is in doubt.
+    """
+    schema = {"cpu": pl.Int32, "lo": pl.Int64, "hi": pl.Int64}
+    le = trace.lost_events
+    if le is None or le.is_empty():
+        return pl.DataFrame(schema=schema)
+    cnt = [pl.col(c).fill_null(0) for c in ("lost", "lost_unknown") if c in le.columns]
+    le = le.filter(pl.sum_horizontal(cnt) > 0) if cnt else le
+    if le.is_empty():
+        return pl.DataFrame(schema=schema)
+    cpu = pl.col("cpu").cast(_I32) if "cpu" in le.columns else pl.lit(None, _I32)
+    if "ts" not in le.columns:
+        return le.select(cpu.alias("cpu"), pl.lit(None, pl.Int64).alias("lo"), pl.lit(None, pl.Int64).alias("hi"))
+    marks = le.select(cpu.alias("cpu"), pl.col("ts").cast(pl.Int64).alias("hi"),
+                      (pl.col("prev_ts").cast(pl.Int64) if "prev_ts" in le.columns
+                       else pl.lit(None, pl.Int64)).alias("lo"))
+    if "prev_ts" not in le.columns:
+        seen = presence.select(pl.col("cpu"), pl.col("ts").alias("_prev")).unique().sort("_prev")
+        known = marks.filter(pl.col("cpu").is_not_null() & pl.col("hi").is_not_null()).with_row_index("_i")
+        prev = known.sort("hi").join_asof(seen, left_on="hi", right_on="_prev", by="cpu", strategy="backward",
+                                          allow_exact_matches=False, check_sortedness=False)
+        marks = pl.concat([prev.select("cpu", "_prev", "hi").rename({"_prev": "lo"}),
+                           marks.filter(pl.col("cpu").is_null() | pl.col("hi").is_null()).select("cpu", "lo", "hi")])
+    return marks.select(list(schema)).cast(schema)
+
+
+def _inconclusive(windows: pl.DataFrame, presence: pl.DataFrame, marks: pl.DataFrame) -> pl.Series:
+    """Per window: True when a lost-event mark overlaps it on a CPU its thread ran on during it (or any CPU)."""
+    n = windows.height
+    if marks.is_empty() or n == 0:
+        return pl.Series("inconclusive", np.zeros(n, dtype=bool))
+    big = np.iinfo(np.int64).max
+    w = windows.select("window", "exit_ts", pl.col("entry_ts").fill_null(big).alias("end"))
+    hit = pl.Series("window", [], dtype=pl.UInt32)
+    anycpu = marks.filter(pl.col("cpu").is_null())
+    if not anycpu.is_empty():
+        lo = anycpu["lo"].fill_null(-big).to_numpy()
+        hi = anycpu["hi"].fill_null(big).to_numpy()
+        ws, we = w["exit_ts"].to_numpy(), w["end"].to_numpy()
+        # marks without a CPU are few (one per unknown loss): test each against every window at once
+        m = np.zeros(n, dtype=bool)
+        for a, b in zip(lo, hi, strict=True):
+            m |= (ws <= b) & (we >= a)
+        hit = pl.concat([hit, w.filter(pl.Series(m))["window"]])
+    percpu = marks.filter(pl.col("cpu").is_not_null()).with_columns(
+        pl.col("lo").fill_null(-big), pl.col("hi").fill_null(big)).sort("hi")
+    if not percpu.is_empty():
+        pairs = (presence.filter(pl.col("window").is_not_null()).select("window", "cpu").unique()
+                 .join(w, on="window").sort("exit_ts"))
+        # the first mark on that CPU ending at or after the window's start is the only one that can overlap it
+        # without an earlier one overlapping too (marks of one CPU are disjoint and sorted)
+        j = pairs.join_asof(percpu, left_on="exit_ts", right_on="hi", by="cpu", strategy="forward", check_sortedness=False)
+        hit = pl.concat([hit, j.filter(pl.col("lo").is_not_null() & (pl.col("lo") <= pl.col("end")))["window"]
+                         .cast(pl.UInt32)])
+    flag = np.zeros(n, dtype=bool)
+    flag[hit.unique().to_numpy().astype(np.int64)] = True
+    return pl.Series("inconclusive", flag)
+
+
+def _presence(trace: Trace, windows: pl.DataFrame, extra: list[pl.DataFrame]) -> pl.DataFrame:
+    """(ts, pid, cpu, window) of every sighting of a vCPU thread on a CPU: its exits and entries, its route events,
+    and when recorded, sched_switch in/out and sched_migrate_task (both CPUs)."""
+    parts = [windows.select(pl.col("exit_ts").alias("ts"), "pid", "cpu"),
+             windows.filter(pl.col("entry_ts").is_not_null())
+             .select(pl.col("entry_ts").alias("ts"), "pid", pl.col("entry_cpu").alias("cpu"))]
+    parts += [e.select("ts", "pid", "cpu") for e in extra]
+    if trace.has("sched_switch"):
+        sw = trace.events("sched_switch")
+        for col in ("prev_pid", "next_pid"):
+            parts.append(sw.select(pl.col("ts").cast(pl.Int64), pl.col(col).cast(_I32).alias("pid"),
+                                   pl.col("cpu").cast(_I32)))
+    if trace.has("sched_migrate_task"):
+        mg = trace.events("sched_migrate_task")
+        for col in ("orig_cpu", "dest_cpu"):
+            parts.append(mg.select(pl.col("ts").cast(pl.Int64), pl.col("pid").cast(_I32),
+                                   pl.col(col).cast(_I32).alias("cpu")))
+    pids = windows["pid"].unique()
+    pres = pl.concat([p.cast({"ts": pl.Int64, "pid": _I32, "cpu": _I32}) for p in parts]).filter(
+        pl.col("pid").is_in(pids.implode()))
+    return assign_windows(pres, windows)
+
+
+def _unify(ev: pl.DataFrame) -> pl.DataFrame:
+    """Number the PMIs in route events sorted by (group, ts, stage, kind): adds ``new`` (starts a PMI)."""
+    stage = pl.col("stage")
+    kind = pl.col("kind")
+    g = "group"
+    ev = ev.with_columns(
+        stage.shift(1).over(g).alias("_ps"),
+        kind.shift(1).over(g).alias("_pk"),
+    )
+    run_start = pl.col("_ps").is_null() | (stage != pl.col("_ps"))
+    forced = pl.col("_ps").is_not_null() & (stage == pl.col("_ps")) & (kind == pl.col("_pk"))
+    ev = ev.with_columns((run_start | forced).cum_sum().over(g).alias("_seg"))
+    ev = ev.with_columns((pl.int_range(pl.len()).over([g, "_seg"])).alias("_pos"))
+    new = (pl.when(pl.col("_pos") > 0).then(pl.col("_pos") % 2 == 0)
+           .otherwise(pl.col("_ps").is_null() | (stage < pl.col("_ps")) | forced))
+    return ev.with_columns(new.alias("new")).drop("_ps", "_pk", "_seg", "_pos")
+
+
+def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple[str, ...] | None = None
+                 ) -> PmiAnalysis:
+    """Find every synthesized PMI in ``trace`` and count them per VM-exit window.
+
+    Args:
+        trace: a host trace with ``kvm_exit`` and ``kvm_entry``.
+        lvtpc_vector: the guest's LVTPC vector for the ``lvtpc_fixed`` route (default: learnt from ``kvm_apic``).
+        routes: only use these routes (default: every route the trace can show).
+
+    Returns:
+        a :class:`PmiAnalysis`.
+
+    Raises:
+        MissingEventError: the trace has no ``kvm_exit`` or no ``kvm_entry``.
+    """
+    notes: list[str] = []
+    windows = exit_windows(trace)
+    avail = route_events(trace)
+    if routes is not None:
+        avail = {r: (v if r in routes else []) for r, v in avail.items()}
+    if lvtpc_vector is None and _lvtpc_writes(trace).is_empty():
+        avail["lvtpc_fixed"] = []
+    present = [r for r in ROUTES if avail[r]]
+    cands, nmi_acc = _candidates(trace, avail, lvtpc_vector, notes)
+
+    # NMI accepts: decoy when the last NMI IPI of the same thread, in the same window, was aimed at that APIC
+    decoys = pl.DataFrame(schema=DECOY_SCHEMA)
+    if not nmi_acc.is_empty():
+        acc = assign_windows(nmi_acc.with_columns(pl.lit(2, pl.Int8).alias("kind")), windows)
+        if trace.has("kvm_apic_ipi"):
+            ipi = trace.events("kvm_apic_ipi")
+            icr = pl.col("icr_low").cast(pl.Int64)
+            ipi = (ipi.filter((icr // 256) % 8 == DM_NMI)
+                   .select(pl.col("ts").cast(pl.Int64), pl.col("common_pid").cast(_I32).alias("pid"),
+                           pl.col("cpu").cast(_I32), pl.col("dest_id").cast(pl.UInt32).alias("dest"),
+                           ((icr // 2048) % 2 == 1).alias("logical"), ((icr // (1 << 18)) % 4).alias("shorthand")))
+            ipi = assign_windows(ipi, windows).select(pl.col("ts").alias("ipi_ts"), "pid", "dest", "logical",
+                                                      "shorthand", pl.col("window").alias("ipi_window"))
+            acc = acc.sort("ts").join_asof(ipi.sort("ipi_ts"), left_on="ts", right_on="ipi_ts", by="pid",
+                                           strategy="backward", check_sortedness=False)
+            caused = (pl.col("ipi_ts").is_not_null() & pl.col("window").is_not_null()
+                      & (pl.col("ipi_window") == pl.col("window"))
+                      & ((pl.col("shorthand") != 0) | pl.col("logical") | (pl.col("dest") == pl.col("apicid"))))
+            acc = acc.with_columns(caused.fill_null(False).alias("_decoy"))
+            decoys = acc.filter(pl.col("_decoy")).select(list(DECOY_SCHEMA)).cast(DECOY_SCHEMA)
+            acc = acc.filter(~pl.col("_decoy"))
+        cands = pl.concat([cands, acc.select(list(_EMPTY_EVENTS))])
+
+    ev = assign_windows(cands, windows)
+    route_of = pl.col("kind").replace_strict({k: v[0] for k, v in _KINDS.items()}, return_dtype=pl.String)
+    stage_of = pl.col("kind").replace_strict({k: v[1] for k, v in _KINDS.items()}, return_dtype=pl.Int8)
+    # outside any window, PMIs are unified per thread and gap between windows (group ids below 0 never collide)
+    group = (pl.when(pl.col("window").is_not_null()).then(pl.col("window").cast(pl.Int64))
+             .otherwise(-(pl.col("gap") + 2) * (1 << 32) - pl.col("pid").cast(pl.Int64)))
+    ev = (ev.with_columns(route_of.alias("route"), stage_of.alias("stage"), group.alias("group"))
+          .sort(["group", "ts", "stage", "kind", "seq"]))
+    ev = _unify(ev)
+    ev = ev.with_columns((pl.col("new").cum_sum() - 1).cast(pl.UInt32).alias("pmi"))
+
+    per = (ev.filter(pl.col("window").is_not_null())
+           .group_by("window")
+           .agg(pl.col("new").sum().cast(pl.Int32).alias("pmi_count"),
+                pl.col("route").unique().sort().alias("sources")))
+    presence = _presence(trace, windows, [ev.select("ts", "pid", "cpu")])
+    marks = lost_marks(trace, presence)
+    incon = _inconclusive(windows, presence, marks)
+    if not marks.is_empty() and marks["hi"].is_null().any():
+        notes.append("the trace reports lost events without saying when: every window of a thread that ran on "
+                     "such a CPU is inconclusive")
+    out = (windows.join(per, on="window", how="left")
+           .sort("window")
+           .with_columns(pl.col("pmi_count").fill_null(0),
+                         pl.col("sources").fill_null(pl.lit([], pl.List(pl.String))),
+                         incon.alias("inconclusive")))
+    pmis = ev.select(list(PMI_SCHEMA)).cast(PMI_SCHEMA).sort(["ts", "pid", "stage"])
+    outside = int(ev.filter(pl.col("window").is_null())["new"].sum())
+    return PmiAnalysis(windows=out.select(list(WINDOW_SCHEMA)).cast(WINDOW_SCHEMA), isa=out["isa"], pmis=pmis,
+                       decoys=decoys, outside_pmis=outside, routes_present=present, notes=notes)
+
+
+def config_vector(config: dict[str, Any]) -> int | None:
+    """The ``lvtpc_vector`` option as an int (accepts ``"0xfe"``), or None for ``"auto"`` (learn it).
+
+    Raises:
+        ConfigError: not a vector 0..255.
+    """
+    v = config.get("lvtpc_vector")
+    if v is None or v == "" or v == "auto":
+        return None
+    try:
+        out = int(v, 0) if isinstance(v, str) else int(v)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"lvtpc_vector: expected an interrupt vector 0..255, found {v!r}") from exc
+    if not 0 <= out <= 255:
+        raise ConfigError(f"lvtpc_vector: expected an interrupt vector 0..255, found {v!r}")
+    return out
