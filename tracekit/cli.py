@@ -11,12 +11,13 @@ from pathlib import Path
 import polars as pl
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import __version__
 from .api import load
-from .errors import TracekitError
+from .errors import ConfigError, TracekitError
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, help="Why does this VM's PMU misbehave? Read host "
                   "traces and perf data, flag double PMIs per VM-exit and perf_event_ctx_lock hotspots.")
@@ -97,10 +98,206 @@ def events(path: Path = typer.Argument(...), event: str = typer.Argument(..., he
     console.print(f"{df.height} rows → {output}")
 
 
+FAIL_ON = ("info", "warning", "error")
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def bundled_sample() -> Path:
+    """The sample ``tracekit analyze`` reads when given no input: ``samples/kvm-double-pmi.dat`` of the checkout,
+    else the copy shipped as package data.
+
+    Raises:
+        ConfigError: neither exists.
+    """
+    import tracekit
+
+    here = Path(tracekit.__file__).resolve().parent
+    for cand in (here.parent / "samples" / "kvm-double-pmi.dat", here / "data" / "samples" / "kvm-double-pmi.dat"):
+        if cand.is_file():
+            return cand
+    raise ConfigError("no input given and the bundled sample samples/kvm-double-pmi.dat is not installed")
+
+
+def _analysis_progress(paths: list[Path]):
+    """A rich progress context and callback for :func:`tracekit.analyze`, or (None, None) for small inputs or when
+    stderr is not a terminal."""
+    size = sum(p.stat().st_size if p.is_file() else 0 for p in paths)
+    if size < 16 << 20 or not err.is_terminal:
+        return None, None
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+                   TimeRemainingColumn(), console=err, transient=True)
+    tasks: dict[str, int] = {}
+
+    def cb(step: str, done: int, total: int) -> None:
+        key = "rules" if step.startswith("rule ") else step if step.startswith("reading ") else "inputs"
+        if key not in tasks:
+            tasks[key] = bar.add_task(step, total=total)
+        bar.update(tasks[key], completed=done, total=total, description=step)
+
+    return bar, cb
+
+
+def _summary(result, written: dict[str, Path]) -> None:
+    t = Table("severity", "rule", "finding", "count", title="tracekit analyze")
+    for f in result.finding_objects:
+        t.add_row(f"[{_SEVERITY_STYLE.get(f.severity, '')}]{f.severity}[/]", escape(f.rule), escape(f.title),
+                  f"{int(f.count):,}")
+    if not result.finding_objects:
+        t.add_row("—", "—", "no findings", "0")
+    console.print(t)
+    for name, r in sorted(result.results.items()):
+        if not r.ran:
+            why = "; ".join(r.notes) or ("missing " + ", ".join(r.missing) if r.missing else "could not run")
+            console.print(f"[dim]rule {escape(name)} did not run: {escape(why)}[/]", highlight=False)
+    for key in ("html", "json"):
+        if key in written:
+            console.print(f"{key}: {escape(str(written[key]))}", highlight=False)
+    pngs = [p for k, p in written.items() if k not in ("html", "json")]
+    if pngs:
+        console.print(f"charts: {len(pngs)} PNG in {escape(str(pngs[0].parent))}", highlight=False)
+
+
+@app.command()
+def analyze(paths: list[Path] | None = typer.Argument(None, help="host inputs: trace.dat, ftrace text, perf.data, "
+                                                      "perf script (default: the bundled sample)"),
+            guest: list[Path] = typer.Option([], "--guest", help="guest-side input (e.g. the guest's perf.data)"),
+            output: Path = typer.Option(Path("tracekit-report"), "-o", "--output", help="report directory"),
+            rules: Path | None = typer.Option(None, "--rules", help="TOML rules file (on/off and thresholds)"),
+            only: list[str] = typer.Option([], "--only", help="run only this rule (repeatable)"),
+            fail_on: str | None = typer.Option(None, "--fail-on", help="exit 1 when a finding is at least this "
+                                               "severe: warning or error"),
+            json_only: bool = typer.Option(False, "--json-only", help="write only findings.json")) -> None:
+    """Run every rule; write DIR/report.html, DIR/*.png and DIR/findings.json; print a summary.
+
+    Exit status: 0 ok, 1 a finding at or above --fail-on, 2 bad input or usage.
+    """
+    from .analysis import analyze as run_analysis
+
+    try:
+        if fail_on is not None and fail_on not in FAIL_ON:
+            raise ConfigError(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
+        inputs = list(paths or []) or [bundled_sample()]
+        bar, cb = _analysis_progress(inputs + list(guest))
+        if bar is None:
+            result = run_analysis(inputs, guest=guest, only=only or None, config=rules)
+        else:
+            with bar:
+                result = run_analysis(inputs, guest=guest, only=only or None, config=rules, progress=cb)
+        written = result.save(output, json_only=json_only)
+    except TracekitError as exc:
+        _fail(exc)
+    _summary(result, written)
+    worst = result.max_severity()
+    if fail_on is not None and worst is not None and FAIL_ON.index(worst) >= FAIL_ON.index(fail_on):
+        raise typer.Exit(1)
+
+
+@app.command()
+def detectors() -> None:
+    """List the rules: what each looks for, the events it needs, and how to record them."""
+    df = _describe()
+    t = Table("rule", "description", "needs", "defaults", title="tracekit detectors", show_lines=True)
+    for r in df.iter_rows(named=True):
+        t.add_row(escape(r["name"]), escape(r["description"] or ""), escape(r["requires"] or ""),
+                  escape(r["defaults"] or ""))
+    console.print(t)
+    for r in df.iter_rows(named=True):
+        if r["record_hint"]:
+            console.print(f"[bold]{escape(r['name'])}[/] records with:", highlight=False)
+            console.print(r["record_hint"], markup=False, highlight=False, soft_wrap=True)
+
+
+def _describe() -> pl.DataFrame:
+    """name, description, requires, record_hint, defaults (strings) of every registered rule."""
+    from . import detectors as det
+
+    fn = getattr(det, "describe", None)
+    if fn is None:
+        try:
+            from .detectors.describe import describe as fn
+        except ImportError:
+            fn = None
+    df = fn() if fn is not None else None
+    if df is None:
+        rows = []
+        for name, cls in sorted(det.registry().items()):
+            needs = list(getattr(cls, "requires", ()))
+            needs += [" | ".join(g) for g in getattr(cls, "requires_any", ())]
+            rows.append({"name": name, "description": getattr(cls, "description", ""), "requires": needs,
+                         "record_hint": getattr(cls, "record_hint", ""), "defaults": getattr(cls, "defaults", {})})
+        df = pl.DataFrame(rows, schema={"name": pl.String, "description": pl.String, "requires": pl.Object,
+                                        "record_hint": pl.String, "defaults": pl.Object}) if rows else None
+    cols = ("name", "description", "requires", "record_hint", "defaults")
+    if df is None or df.is_empty():
+        return pl.DataFrame(schema=dict.fromkeys(cols, pl.String))
+
+    def text(v) -> str:
+        if v is None:
+            return ""
+        if isinstance(v, dict):
+            return ", ".join(f"{k}={v[k]!r}" for k in v)
+        if isinstance(v, (list, tuple, pl.Series)):
+            return ", ".join(str(x) for x in v)
+        return str(v)
+
+    return pl.DataFrame([{c: text(r.get(c)) for c in cols} for r in df.to_dicts()],
+                        schema=dict.fromkeys(cols, pl.String))
+
+
+@app.command()
+def convert(path: Path = typer.Argument(..., help="trace.dat, perf.data, perf script or ftrace text"),
+            output: Path = typer.Option(..., "-o", "--output", help="directory for the Parquet files")) -> None:
+    """Write one Parquet file per event (DIR/<system>/<event>.parquet, or DIR/<event>.parquet without a system)
+    and DIR/metadata.json (what `tracekit info` shows, lost events per CPU)."""
+    import json
+
+    try:
+        tr = load_with_progress(path)
+        output.mkdir(parents=True, exist_ok=True)
+        names = tr.event_names
+        rows = 0
+        for name in names:
+            key = tr._key(name)
+            system, _, event = key.rpartition(":")
+            parts = [p for p in (system, event) if p]
+            safe = ["".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in p) for p in parts]
+            dest = output.joinpath(*safe[:-1], safe[-1] + ".parquet")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            df = tr.events(name)
+            df.write_parquet(dest)
+            rows += df.height
+        meta = tr.summary()
+        meta["lost_per_cpu"] = tr.lost_events.to_dicts()
+        (output / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+    except TracekitError as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(ConfigError(f"{output}: cannot write: {exc.strerror or exc}"))
+    console.print(f"{len(names)} events, {rows:,} rows → {escape(str(output))}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point: usage and input errors exit 2 with one line, never a traceback."""
+    try:  # typer >= 0.20 vendors click as typer._click; older typer uses click itself
+        from typer import _click as click
+    except ImportError:  # pragma: no cover
+        import click
+
     try:
-        app()
+        code = app(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        err.print(exc.format_message(), markup=False, highlight=False)
+        sys.exit(2)
+    except click.exceptions.UsageError as exc:
+        err.print(f"tracekit: error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.ClickException as exc:
+        err.print(f"tracekit: error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("tracekit: aborted", markup=False, highlight=False)
+        sys.exit(130)
     except TracekitError as exc:  # pragma: no cover - commands catch their own
         err.print(f"tracekit: error: {exc}", markup=False, highlight=False)
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
