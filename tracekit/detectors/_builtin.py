@@ -2,7 +2,7 @@
 
 import importlib
 
-_RULES = ("multi_pmi", "mutex_hotspots")
+_RULES = ("multi_pmi", "exit_stats", "pmu_msr", "lvtpc", "mutex_hotspots")
 
 for _name in _RULES:
     importlib.import_module(f"{__package__}.{_name}")
