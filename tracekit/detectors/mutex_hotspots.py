@@ -202,9 +202,10 @@ def contention_waits(trace: Trace, set_re: str, internal_re: str, callers: int =
                        _stack_names(trace, st).alias("stack")).sort("st_ts")
         firsts = b.select("ts", "cpu", "pid").unique().sort("ts")
         # the stack of an event is the next stack on its CPU and pid, and that event the stack's previous one
-        fwd = firsts.join_asof(st, left_on="ts", right_on="st_ts", by=["cpu", "pid"], strategy="forward")
+        fwd = firsts.join_asof(st, left_on="ts", right_on="st_ts", by=["cpu", "pid"], strategy="forward",
+                              check_sortedness=False)
         back = st.join_asof(firsts.rename({"ts": "ev_ts"}), left_on="st_ts", right_on="ev_ts", by=["cpu", "pid"],
-                            strategy="backward").select("st_ts", "cpu", "pid", "ev_ts")
+                            strategy="backward", check_sortedness=False).select("st_ts", "cpu", "pid", "ev_ts")
         pairs = (fwd.join(back, left_on=["ts", "st_ts", "cpu", "pid"], right_on=["ev_ts", "st_ts", "cpu", "pid"],
                           how="semi").select("ts", "cpu", "pid", "stack").unique(["ts", "cpu", "pid"]))
         w = w.join(pairs, on=["ts", "cpu", "pid"], how="left")
