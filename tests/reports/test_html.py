@@ -1,0 +1,114 @@
+"""The HTML report: escaping, content, and the page as real headless Chromium loads it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for analysis_fixtures
+
+from _chromium import Chromium, chromium_path, file_url  # noqa: E402
+from analysis_fixtures import EVIL_COMM, FAKE_RULES, kvm_trace  # noqa: E402
+from tracekit.reports.html import render_report  # noqa: E402
+
+import tracekit  # noqa: E402
+from tracekit.analysis import schema  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def evil_report(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("evil")
+    tracekit.analyze(kvm_trace(EVIL_COMM), rules=FAKE_RULES).save(out)
+    return out
+
+
+def test_markup_from_the_trace_is_escaped(evil_report):
+    text = (evil_report / "report.html").read_text()
+    assert "<script" not in text.lower()
+    assert "onerror=" not in text.replace("onerror=&#34;", "")  # only as escaped text
+    assert "&lt;script&gt;window.__pwned=1" in text
+
+
+def test_report_is_self_contained(evil_report):
+    text = (evil_report / "report.html").read_text()
+    for bad in ("http://", "https://", "src=\"/", "<link rel=\"stylesheet\""):
+        assert bad not in text, bad
+    pngs = sorted(p.name for p in evil_report.glob("*.png"))
+    assert pngs, "charts are also written beside the report"
+    for name in pngs:
+        assert f"{name}</code>" in text  # each embedded chart names its file
+    assert text.count("data:image/png;base64,") == len(pngs)
+
+
+def test_report_sections(evil_report):
+    text = (evil_report / "report.html").read_text()
+    for needle in ('id="flagged-exits"', "Trace summary", "Linux host 6.18.0", "Findings", "Rules",
+                   "trace-cmd record -e lock:contention_begin -e lock:contention_end -T", "MSR_WRITE"):
+        assert needle in text, needle
+    # findings are ordered by severity: error before info
+    assert text.index("sev-error") < text.index("sev-info")
+
+
+def test_findings_json_validates(evil_report):
+    doc = json.loads((evil_report / "findings.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema())
+    jsonschema.validate(doc, schema())
+    assert doc["multi_pmi_exits"][0]["pmi_count"] == 3
+    bad = dict(doc, multi_pmi_exits=[{"pid": 1}])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema())
+
+
+def test_render_report_escapes_image_names_and_values():
+    a = tracekit.analyze(kvm_trace(), rules=FAKE_RULES)
+    html = render_report(a, {"<b>x</b>": b"\x89PNG"})
+    assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
+
+
+# -- real browser -----------------------------------------------------------------------------------------------------
+needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="chromium not installed: apt-get install chromium")
+
+_PAGE_FACTS = """JSON.stringify({
+  images: Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, w: i.naturalWidth})),
+  flagged_rows: document.querySelectorAll('#flagged-exits tbody tr').length,
+  scripts: document.scripts.length,
+  pwned: window.__pwned === undefined ? null : window.__pwned,
+  evil_text: document.body.innerText.includes('<script>window.__pwned=1'),
+  title: document.title
+})"""
+
+
+@needs_chromium
+def test_report_in_headless_chromium(evil_report):
+    if chromium_path() is None:  # pragma: no cover - the marker skips first
+        pytest.skip("chromium not installed")
+    with Chromium() as browser:
+        session = browser.open(file_url(evil_report / "report.html"))
+        facts = json.loads(browser.eval(session, _PAGE_FACTS))
+        problems = browser.problems()
+    assert problems == [], problems
+    assert facts["title"] == "tracekit report"
+    assert facts["images"], "the report embeds its charts"
+    for img in facts["images"]:
+        assert img["complete"] and img["w"] > 0, img
+    assert facts["flagged_rows"] == 1
+    assert facts["scripts"] == 0 and facts["pwned"] is None
+    assert facts["evil_text"], "the comm is shown as text"
+
+
+@needs_chromium
+def test_chromium_harness_sees_errors(tmp_path):
+    """The harness must be able to fail: a page with a broken image and a script error is reported."""
+    page = tmp_path / "bad.html"
+    page.write_text("<html><body><img id=i src='data:image/png;base64,AAAA'>"
+                    "<script>console.error('boom'); undefined_fn();</script></body></html>")
+    with Chromium() as browser:
+        session = browser.open(file_url(page))
+        width = browser.eval(session, "document.getElementById('i').naturalWidth")
+        problems = browser.problems()
+    assert width == 0
+    assert any("boom" in p for p in problems) and any("exception" in p for p in problems)
