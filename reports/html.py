@@ -28,6 +28,10 @@ CHART_TITLES = {
     "exit_reasons": "VM-exit reasons",
     "handling_times": "Exit handling time per reason",
     "msr_activity": "Guest PMU MSR writes over time",
+    "hotspot_heatmap": "Share of time in the lock, per thread and time bucket",
+    "hotspot_share": "Share of time in the lock over time (bursts shaded)",
+    "hotspot_paths": "Top call paths into the lock",
+    "hotspot_waits": "Lock wait times",
 }
 _MAX_ROWS = 200
 _SEV_ORDER = {"error": 0, "warning": 1, "info": 2}

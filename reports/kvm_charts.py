@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import matplotlib
 import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
@@ -20,6 +21,9 @@ _WIDTH = 9.0
 _FLAG = "#c0392b"
 _INCONCLUSIVE = "#e69f00"
 _OK = "#4c72b0"
+# boxplot's ``vert`` became ``orientation`` in matplotlib 3.10
+_HORIZONTAL = ({"orientation": "horizontal"} if tuple(int(x) for x in matplotlib.__version__.split(".")[:2]) >= (3, 10)
+               else {"vert": False})
 
 
 def _fig(height: float = 3.6) -> Figure:
@@ -147,7 +151,7 @@ def handling_times(windows: pl.DataFrame | None = None, exit_stats: pl.DataFrame
         data = [d.filter(pl.col("exit_reason") == r)["us"].to_numpy() for r in reasons]
         fig = _fig(max(2.4, 0.35 * len(reasons) + 1.4))
         ax = fig.add_subplot()
-        ax.boxplot(data, vert=False, whis=(1, 99), showfliers=True, flierprops={"markersize": 2})
+        ax.boxplot(data, whis=(1, 99), showfliers=True, flierprops={"markersize": 2}, **_HORIZONTAL)
         ax.set_yticks(np.arange(1, len(reasons) + 1), reasons)
         ax.invert_yaxis()
     elif _has(exit_stats, "exit_reason", "p50_ns", "p99_ns"):

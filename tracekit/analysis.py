@@ -110,7 +110,11 @@ def _as_traces(items: Any, progress: ProgressFn | None, side: str) -> tuple[Trac
     if isinstance(items, (str, os.PathLike, Trace)):
         items = [items]
     out = []
-    items = list(items)
+    try:
+        items = list(items)
+    except TypeError as exc:
+        raise ConfigError(f"analyze: expected a path, a Trace or a list of them as {side} input, "
+                          f"found {type(items).__name__}") from exc
     for i, item in enumerate(items):
         if isinstance(item, Trace):
             out.append(item)
