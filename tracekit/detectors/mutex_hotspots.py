@@ -200,11 +200,16 @@ def contention_waits(trace: Trace, set_re: str, internal_re: str, callers: int =
         st = st.select(pl.col("ts").cast(pl.Int64).alias("st_ts"), pl.col("cpu").cast(pl.Int32),
                        pl.col("common_pid").cast(pl.Int32).alias("pid"),
                        _stack_names(trace, st).alias("stack")).sort("st_ts")
+        # a stack whose first frame is another event's tracing function is not a contention_begin's
+        first = pl.col("stack").list.first()
+        st = st.filter(first.is_null() | ~first.str.starts_with("trace_event_raw_event_")
+                       | first.str.starts_with("trace_event_raw_event_contention_begin"))
         firsts = b.select("ts", "cpu", "pid").unique().sort("ts")
+        evs = pl.concat([b.select("ts", "cpu", "pid"), e.select("ts", "cpu", "pid")]).unique().sort("ts")
         # the stack of an event is the next stack on its CPU and pid, and that event the stack's previous one
         fwd = firsts.join_asof(st, left_on="ts", right_on="st_ts", by=["cpu", "pid"], strategy="forward",
                               check_sortedness=False)
-        back = st.join_asof(firsts.rename({"ts": "ev_ts"}), left_on="st_ts", right_on="ev_ts", by=["cpu", "pid"],
+        back = st.join_asof(evs.rename({"ts": "ev_ts"}), left_on="st_ts", right_on="ev_ts", by=["cpu", "pid"],
                             strategy="backward", check_sortedness=False).select("st_ts", "cpu", "pid", "ev_ts")
         pairs = (fwd.join(back, left_on=["ts", "st_ts", "cpu", "pid"], right_on=["ev_ts", "st_ts", "cpu", "pid"],
                           how="semi").select("ts", "cpu", "pid", "stack").unique(["ts", "cpu", "pid"]))
@@ -348,7 +353,7 @@ class MutexHotspots:
         th = (s.group_by("tid").agg(lock=lockw.sum(), total=pl.col("w").sum(), samples=pl.col("hit").sum()
                                     .cast(pl.Int64), total_samples=pl.len().cast(pl.Int64))
               .join(names, on="tid").with_columns(share=pl.col("lock") / pl.col("total"), source=pl.lit("perf")))
-        lock_tids = th.filter(pl.col("samples") > 0)["tid"]
+        lock_tids = th.filter(pl.col("samples") > 0)["tid"].to_list()
         tb = (s.group_by("tid", "bucket").agg(lock=lockw.sum(), total=pl.col("w").sum(),
                                               samples=pl.col("hit").sum().cast(pl.Int64),
                                               bucket_samples=pl.len())
