@@ -41,11 +41,16 @@ def load_with_progress(path: Path, **options):
         return load(path, progress=lambda done, total: bar.update(task, completed=done, total=total), **options)
 
 
-@app.callback()
-def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         console.print(f"tracekit {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                       callback=_print_version)) -> None:
+    """Why does this VM's PMU misbehave?"""
 
 
 @app.command()
@@ -294,7 +299,7 @@ def main() -> None:
     except click.exceptions.ClickException as exc:
         err.print(f"tracekit: error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("tracekit: aborted", markup=False, highlight=False)
         sys.exit(130)
     except TracekitError as exc:  # pragma: no cover - commands catch their own
