@@ -65,7 +65,7 @@ def heatmap(result: Any) -> Figure | None:
     threads = _thread_order(tb, _MAX_THREADS)
     nb = int(tl["bucket"].max()) + 1
     row = dict(zip(threads["tid"].to_list(), range(threads.height), strict=True))
-    sub = tb.filter(pl.col("tid").is_in(threads["tid"]))
+    sub = tb.filter(pl.col("tid").is_in(threads["tid"].to_list()))
     grid = np.full((threads.height, nb), np.nan)
     rows = np.array([row[t] for t in sub["tid"].to_list()], dtype=np.int64)
     grid[rows, sub["bucket"].to_numpy()] = sub["share"].to_numpy()
