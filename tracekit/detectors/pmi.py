@@ -180,13 +180,13 @@ def _symbol_ranges(trace: Trace, name: str) -> list[tuple[int, int]]:
     ks = trace.kallsyms
     if ks is None or not len(ks):
         return []
-    names = ks.names
-    hits = [i for i, n in enumerate(names) if n == name or (isinstance(n, str) and n.startswith(name + "."))]
+    names = pl.Series(ks.names, dtype=pl.String)
+    hit = ((names == name) | names.str.starts_with(name + ".")).fill_null(False).to_numpy()
     out = []
-    for i in hits:
+    for i in np.flatnonzero(hit):  # a symbol and its few compiler clones
         start = int(ks.addrs[i])
-        later = ks.addrs[ks.addrs > ks.addrs[i]]
-        end = int(later[0]) if len(later) else start + 1
+        j = np.searchsorted(ks.addrs, ks.addrs[i], side="right")
+        end = int(ks.addrs[j]) if j < len(ks.addrs) else start + 1
         out.append((start, end))
     return out
 
@@ -400,21 +400,25 @@ def _presence(trace: Trace, windows: pl.DataFrame, extra: list[pl.DataFrame]) ->
 
 
 def _unify(ev: pl.DataFrame) -> pl.DataFrame:
-    """Number the PMIs in route events sorted by (group, ts, stage, kind): adds ``new`` (starts a PMI)."""
+    """Mark the events that start a PMI in route events sorted by (group, ts, stage, kind): adds ``new``.
+
+    Within a run of equal stages the kinds alternate (two kinds per stage at most): a kind repeated back to back
+    starts a segment, and inside a segment every second event starts a PMI. The run's first event starts one when
+    the stage went down (or the group begins), else it continues the PMI of the lower stages before it.
+    """
     stage = pl.col("stage")
     kind = pl.col("kind")
-    g = "group"
-    ev = ev.with_columns(
-        stage.shift(1).over(g).alias("_ps"),
-        kind.shift(1).over(g).alias("_pk"),
-    )
+    same_group = pl.col("group") == pl.col("group").shift(1)
+    ps = pl.when(same_group).then(stage.shift(1)).otherwise(None)
+    pk = pl.when(same_group).then(kind.shift(1)).otherwise(None)
+    ev = ev.with_columns(ps.alias("_ps"), pk.alias("_pk"), pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"))
     run_start = pl.col("_ps").is_null() | (stage != pl.col("_ps"))
     forced = pl.col("_ps").is_not_null() & (stage == pl.col("_ps")) & (kind == pl.col("_pk"))
-    ev = ev.with_columns((run_start | forced).cum_sum().over(g).alias("_seg"))
-    ev = ev.with_columns((pl.int_range(pl.len()).over([g, "_seg"])).alias("_pos"))
+    seg_first = pl.when(run_start | forced).then(pl.col("_i")).otherwise(None).forward_fill()
+    ev = ev.with_columns((pl.col("_i") - seg_first).alias("_pos"))
     new = (pl.when(pl.col("_pos") > 0).then(pl.col("_pos") % 2 == 0)
            .otherwise(pl.col("_ps").is_null() | (stage < pl.col("_ps")) | forced))
-    return ev.with_columns(new.alias("new")).drop("_ps", "_pk", "_seg", "_pos")
+    return ev.with_columns(new.alias("new")).drop("_ps", "_pk", "_i", "_pos")
 
 
 def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple[str, ...] | None = None
