@@ -49,10 +49,10 @@ def pmi_histogram(windows: pl.DataFrame) -> Figure | None:
     ax = fig.add_subplot()
     x = counts["pmi_count"].to_numpy()
     n = counts["len"].to_numpy()
-    ax.bar(x, n, color=[_FLAG if v > 1 else _OK for v in x], width=0.7)
+    ax.bar(x, n, color=[_FLAG if v > 1 else _OK for v in x], width=0.7, log=True)
     for xi, ni in zip(x, n, strict=True):
         ax.annotate(f"{ni:,}", (xi, ni), ha="center", va="bottom", fontsize=8)
-    ax.set_yscale("log")
+    ax.set_ylim(0.7, max(10, n.max()) * 2.5)
     ax.set_xticks(x)
     ax.set_xlabel("PMIs synthesized during one VM-exit (exit → next entry)")
     ax.set_ylabel("windows (log)")
@@ -89,7 +89,8 @@ def flagged_timeline(flagged: pl.DataFrame, inconclusive: pl.DataFrame | None = 
         fl = flagged.drop_nulls("vcpu")
         sizes = 25 + 15 * np.clip(fl["pmi_count"].to_numpy() - 2, 0, 6)
         ax.scatter((fl["exit_ts"].to_numpy() - t0) / 1e9, [row[int(v)] for v in fl["vcpu"]], s=sizes, c=_FLAG,
-                   marker="v", label="> 1 PMI in one exit", zorder=3)
+                   marker="v", label="> 1 PMI in one exit (bigger: more PMIs)", zorder=3,
+                   alpha=1.0 if fl.height < 200 else 0.5, linewidths=0)
     ax.set_yticks(range(len(vcpus)), [f"vCPU {v}" for v in vcpus])
     ax.set_ylim(-0.7, len(vcpus) - 0.3)
     ax.set_xlim(-0.01 * max((t1 - t0) / 1e9, 1e-6), (t1 - t0) / 1e9 * 1.01 + 1e-9)
