@@ -21,6 +21,7 @@ PER_VCPU_SCHEMA = {"pid": pl.Int32, "vcpu": pl.Int32, "exits": pl.UInt32, "windo
 """Per vCPU thread: exits, windows with at least one PMI, conclusive windows with more than ``min_pmis`` - 1,
 inconclusive windows, and ``rate`` = windows_multi / exits."""
 
+_SUMMARY_VCPUS = 6
 PMI_EVENTS = ("kvm_pmu_deliver_pmi", "function", "kvm_apic_accept_irq", "kvm_inj_nmi", "kvm_inj_virq")
 
 
@@ -107,12 +108,16 @@ class MultiPmiPerExit:
         n_exits = win.height
         if not flagged.is_empty():
             parts = []
-            for row in per_vcpu.filter(pl.col("windows_multi") > 0).iter_rows(named=True):
+            hit = per_vcpu.filter(pl.col("windows_multi") > 0).sort("windows_multi", "vcpu",
+                                                                      descending=[True, False])
+            for row in hit.head(_SUMMARY_VCPUS).iter_rows(named=True):
                 sub = flagged.filter((pl.col("pid") == row["pid"]) & (pl.col("vcpu") == row["vcpu"]))
                 most = int(sub["pmi_count"].max())
                 parts.append(f"{_fmt_int(row['windows_multi'])} of {_fmt_int(row['exits'])} VM-exits of vCPU "
                              f"{row['vcpu']} (thread {row['pid']}) got {'up to ' if most > min_pmis else ''}"
                              f"{most} PMIs")
+            if hit.height > _SUMMARY_VCPUS:
+                parts.append(f"and {hit.height - _SUMMARY_VCPUS} more vCPU(s)")
             reasons = flagged["exit_reason"].value_counts(sort=True).head(3)
             top = ", ".join(f"{r} ({c})" for r, c in reasons.iter_rows())
             srcs = sorted({s for lst in flagged["sources"].to_list() for s in lst})
