@@ -270,9 +270,11 @@ def _exit_names(trace: Trace) -> pl.DataFrame:
         df = trace.events("kvm_exit", symbolic=True)
     except ImportError:  # tracekit.printfmt not available: keep the number
         df = trace.events("kvm_exit")
+    number = pl.col("exit_reason").cast(pl.String)
     if "exit_reason_name" not in df.columns:
-        df = df.with_columns(pl.col("exit_reason").cast(pl.String).alias("exit_reason_name"))
-    return df
+        return df.with_columns(number.alias("exit_reason_name"))
+    # a reason the print fmt does not name shows as its number, as libtraceevent prints it
+    return df.with_columns(pl.coalesce(pl.col("exit_reason_name").cast(pl.String), number).alias("exit_reason_name"))
 
 
 def exit_windows(trace: Trace) -> pl.DataFrame:
