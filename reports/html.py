@@ -159,6 +159,23 @@ def _worst_windows(analysis: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _hotspots(analysis: Any) -> list[dict[str, Any]]:
+    """One entry per symbol set: headline numbers and the by-thread / call-path / burst sub-tables."""
+    out = []
+    for row in analysis.hotspots.iter_rows(named=True):
+        def sub(key: str, limit: int = 15, row: dict = row) -> dict[str, Any]:
+            items = row.get(key) or []
+            df = pl.DataFrame(items) if items else None
+            return _table(df, limit)
+
+        share = row.get("share")
+        out.append({"symbol": row.get("symbol"), "share": "—" if share is None else f"{100 * share:.2f} %",
+                    "samples": _fmt(row.get("samples")), "total": _fmt(row.get("total_samples")),
+                    "period": "—" if row.get("period_s") is None else f"{row['period_s']:.2f} s",
+                    "by_thread": sub("by_thread"), "top_paths": sub("top_paths", 10), "bursts": sub("bursts", 20)})
+    return out
+
+
 def _context(analysis: Any, images: Mapping[str, bytes]) -> dict[str, Any]:
     from tracekit import __version__
 
@@ -184,7 +201,7 @@ def _context(analysis: Any, images: Mapping[str, bytes]) -> dict[str, Any]:
         "worst": _worst_windows(analysis),
         "exit_stats": _table(analysis.exit_stats.sort("count", descending=True)
                              if "count" in analysis.exit_stats.columns else analysis.exit_stats, 40),
-        "hotspots": _table(analysis.hotspots, 20),
+        "hotspots": _hotspots(analysis),
         "charts": charts,
     }
 

@@ -112,3 +112,29 @@ def test_chromium_harness_sees_errors(tmp_path):
         problems = browser.problems()
     assert width == 0
     assert any("boom" in p for p in problems) and any("exception" in p for p in problems)
+
+
+def test_hotspots_section_escapes_and_shows_paths(tmp_path):
+    import polars as pl
+
+    from tracekit.analysis import HOTSPOTS_SCHEMA
+    from tracekit.detectors import RuleResult
+
+    class Hot:
+        name, defaults, record_hint = "mutex-hotspots", {}, ""
+
+        def run(self, inputs, config):
+            df = pl.DataFrame({"symbol": ["perf_event_ctx_lock*"], "share": [0.4707], "samples": [470],
+                               "total_samples": [1000],
+                               "by_thread": [[{"pid": 1, "tid": 2, "comm": EVIL_COMM, "share": 0.5, "samples": 3}]],
+                               "top_paths": [[{"path": "perf_ioctl → perf_event_ctx_lock_nested.isra.0",
+                                               "share": 0.4, "samples": 400}]],
+                               "bursts": [[{"start_s": 1.0, "length_s": 1.9, "peak": 0.8}]], "period_s": [4.0]},
+                              schema=HOTSPOTS_SCHEMA)
+            return RuleResult(self.name, True, frames={"hotspots": df})
+
+    a = tracekit.analyze(kvm_trace(), rules=[Hot])
+    html = a.save(tmp_path)["html"].read_text()
+    assert "47.07 % of the samples" in html and "perf_ioctl → perf_event_ctx_lock_nested.isra.0" in html
+    assert "<script" not in html and "&lt;script&gt;" in html
+    jsonschema.validate(json.loads((tmp_path / "findings.json").read_text()), schema())
