@@ -1,0 +1,277 @@
+"""ftrace text: tracefs ``trace`` / ``trace_pipe`` output and ``trace-cmd report`` output, as a :class:`Trace`.
+
+Implements the line layouts of Linux's tracefs output (``kernel/trace/trace_output.c``, Linux 6.x: ``comm-pid
+[cpu] flags timestamp: event: info``, the ``# tracer:`` header, ``<stack trace>`` blocks of `` => symbol`` lines,
+``CPU:N [LOST n EVENTS]``) and of trace-cmd 3.x ``report`` (default, ``-t`` nanoseconds, ``-R`` raw; ``cpus=N`` /
+``version = 6`` headers, ``CPU n is empty``, ``kernel_stack:`` followed by ``=> sym (addr)`` lines, the forms of
+libtraceevent's plugins — see :mod:`._plugins`), plus what pasting does to them (``> `` quote prefixes, lines with only
+``timestamp: event: info``) and gzip/zstd compression.
+
+Timestamps in text are microseconds (nanoseconds with ``trace-cmd report -t``); ``ts`` holds them as Int64 ns.
+Columns: ``ts``, ``cpu`` (Int32; null on bare lines), ``common_pid``, ``common_flags`` and
+``common_preempt_count`` (only when the irq-flags column ``d..2.`` is present), ``common_comm`` (null for ``<...>``),
+then the event format's own fields with the format's dtypes, inverted from the printed text (fields the text does
+not carry are null). ``kernel_stack`` rows carry ``callers`` (List[String], leaf first) and ``caller``
+(List[UInt64], when the text shows addresses). Lines matching no form are kept in ``trace.unparsed_lines``; events
+whose text does not match their format are counted in ``trace.damage``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+from ...errors import ConfigError, ParseError, TracekitError
+from ...formats import EventFormat, builtin_formats, load_format_dir
+from ...model import LOST_SCHEMA, Trace
+from . import _lines, _plugins
+from ._source import MAX_BYTES, check_text, lines_frame, read_bytes
+
+__all__ = ["sniff", "read"]
+
+_SNIFF_EVENT = re.compile(
+    r"^(?:[ \t]*>)*[ \t]*(?:\S.*?-\d+\s+(?:\(\s*(?:\d+|-+)\)\s+)?\[\d+\]\s+(?:[.A-Za-z0-9]{4,5}\s+)?)?"
+    r"\d+\.\d+:\s+(?:<(?:user )?stack trace>|[A-Za-z_][\w.+-]*:|[A-Za-z_.$][\w.$]*\s+<-)", re.M)
+_SNIFF_HEADER = re.compile(r"^(?:[ \t]*>)*[ \t]*(?:# tracer: \S+|cpus=\d+\s*$)", re.M)
+
+STACK_EVENTS = ("kernel_stack", "user_stack")
+
+#: flag characters of the irq-flags column (kernel/trace/trace_output.c, trace_print_lat_fmt) → common_flags bits
+_IRQ_CHAR = {"d": 0x01, "D": 0x81, "b": 0x80, "X": 0x02, ".": 0}
+_RESCHED_CHAR = {"B": 0x26, "N": 0x24, "L": 0x22, "b": 0x06, "n": 0x04, "l": 0x02, "p": 0x20, ".": 0}
+_HARDSOFT_CHAR = {"Z": 0x48, "z": 0x40, "H": 0x18, "h": 0x08, "s": 0x10, ".": 0}
+
+
+def sniff(head: bytes) -> bool:
+    """True when ``head`` (the first bytes, decompressed) looks like tracefs or trace-cmd report text."""
+    if b"\x00" in head:
+        return False
+    text = head.decode("utf-8", "replace")
+    return bool(_SNIFF_HEADER.search(text) or _SNIFF_EVENT.search(text))
+
+
+def _formats(option, path: str) -> tuple[dict[str, EventFormat], object | None, int]:
+    """Event formats from ``formats=`` (a trace.dat, a formats folder, a dict, or None → built-in), plus the
+    kallsyms and long size a trace.dat carries."""
+    base = dict(builtin_formats())
+    if option is None:
+        return base, None, 8
+    if isinstance(option, dict):
+        return {**base, **option}, None, 8
+    p = Path(option)
+    if p.is_dir():
+        return {**base, **load_format_dir(p)}, None, 8
+    if p.is_file():
+        from ...api import load
+
+        tr = load(p)
+        if not tr.formats:
+            raise ConfigError(f"formats={option}: that input carries no event formats")
+        return {**base, **tr.formats}, tr.kallsyms, int(tr.metadata.get("long_size", 8) or 8)
+    raise ConfigError(f"formats={option}: expected a trace.dat, a folder of format files or a dict")
+
+
+def _by_short_name(formats: dict[str, EventFormat]) -> dict[str, EventFormat]:
+    out: dict[str, EventFormat] = {}
+    for fmt in formats.values():
+        out.setdefault(fmt.name, fmt)
+    return out
+
+
+def _ts_ns(col: str = "ts") -> pl.Expr:
+    sec = pl.col(col).str.extract(r"^(\d+)", 1).cast(pl.Int64)
+    frac = pl.col(col).str.extract(r"\.(\d+)$", 1)
+    return sec * 1_000_000_000 + frac.str.pad_end(9, "0").str.slice(0, 9).cast(pl.Int64).fill_null(0)
+
+
+def _flag_columns(schema: dict[str, pl.DataType]) -> list[pl.Expr]:
+    f = pl.col("flags")
+
+    def char(i: int, table: dict[str, int]) -> pl.Expr:
+        return f.str.slice(i, 1).replace_strict(list(table), list(table.values()), default=0, return_dtype=pl.UInt32)
+
+    depth = f.str.slice(3, 1).str.to_integer(base=16, strict=False).fill_null(0)
+    migrate = pl.when(f.str.len_chars() >= 5).then(f.str.slice(4, 1).str.to_integer(base=16, strict=False)) \
+        .otherwise(0).fill_null(0)
+    flags = (char(0, _IRQ_CHAR) | char(1, _RESCHED_CHAR) | char(2, _HARDSOFT_CHAR))
+    return [pl.when(f.is_not_null()).then(flags).cast(schema.get("common_flags", pl.UInt8)).alias("common_flags"),
+            pl.when(f.is_not_null()).then(depth | (migrate * 16)).cast(schema.get("common_preempt_count", pl.UInt8))
+            .alias("common_preempt_count")]
+
+
+def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_size: int, with_flags: bool,
+                 parse_cache: dict) -> tuple[pl.DataFrame, int]:
+    """Typed frame of one event's rows; returns (frame, rows whose text matched no known form)."""
+    common = {f.name: f.dtype(long_size) for f in fmt.common_fields} if fmt else {}
+    pid_dt = common.get("common_pid", pl.Int32())
+    base = [pl.col("line_no"), _ts_ns().alias("ts"), pl.col("cpu").cast(pl.Int32),
+            pl.col("pid").cast(pid_dt, strict=False).alias("common_pid")]
+    if with_flags:
+        base += _flag_columns(common)
+    base.append(pl.when(pl.col("comm").str.strip_chars() == "<...>").then(None)
+                .otherwise(pl.col("comm").str.strip_chars()).alias("common_comm"))
+    out = rows.select(base)
+    if fmt is None:
+        return out.with_columns(rows["info"].alias("info")), 0
+    schema = fmt.schema(long_size)
+    info = rows["info"].fill_null("")
+    key = fmt.full_name
+    if key not in parse_cache:
+        parse_cache[key] = _info_parser(fmt, long_size)
+    fields = parse_cache[key](info)
+    failed = 0
+    handler = _plugins.HANDLERS.get(name)
+    if handler is not None:
+        matched, exprs = handler(pl.col("info"), fmt, schema)
+        plug = pl.DataFrame({"info": info}).select(matched.alias("_m"), *[e.alias(n) for n, e in exprs.items()])
+        cols = []
+        for n in fields.columns:
+            if n in exprs:
+                cols.append(pl.when(plug["_m"]).then(plug[n]).otherwise(fields[n]).alias(n))
+        fields = fields.with_columns(cols) if cols else fields
+        extra = [plug[n] for n in exprs if n not in fields.columns]
+        if extra:
+            fields = fields.with_columns(extra)
+        ok = plug["_m"]
+    else:
+        ok = None
+    if schema and name not in STACK_EVENTS:
+        own = [c for c in schema if c in fields.columns]
+        all_null = fields.select(pl.all_horizontal([pl.col(c).is_null() for c in own])).to_series()
+        bad = all_null if ok is None else (all_null & ~ok)
+        failed = int(bad.sum())
+    return pl.concat([out, fields], how="horizontal"), failed
+
+
+def _info_parser(fmt: EventFormat, long_size: int) -> Callable[[pl.Series], pl.DataFrame]:
+    """The print-fmt inversion of tracekit.printfmt when it is available, else the local fallback."""
+    try:
+        from ...printfmt import info_parser
+    except ImportError:
+        from ._invert import info_parser
+    try:
+        return info_parser(fmt, long_size)
+    except TracekitError:
+        from ._invert import info_parser as fallback
+
+        return fallback(fmt, long_size)
+
+
+def _learn_vcpu(frames: dict[str, pl.DataFrame]) -> None:
+    """kvm_exit printed by libtraceevent's kvm plugin has no vcpu: take the vcpu_id of the same thread's nearest
+    kvm_entry (the one before it, else the one after)."""
+    ex = next((k for k in frames if k.endswith("kvm_exit")), None)
+    en = next((k for k in frames if k.endswith("kvm_entry")), None)
+    if ex is None or en is None or "vcpu_id" not in frames[ex].columns or "vcpu_id" not in frames[en].columns:
+        return
+    exits = frames[ex]
+    if exits["vcpu_id"].null_count() == 0:
+        return
+    entries = (frames[en].select("line_no", "common_pid", pl.col("vcpu_id").alias("_v"))
+               .drop_nulls().sort("line_no"))
+    dt = exits.schema["vcpu_id"]
+    exits = exits.sort("line_no")
+    for strategy in ("backward", "forward"):
+        j = exits.join_asof(entries, on="line_no", by="common_pid", strategy=strategy)
+        exits = exits.with_columns(pl.coalesce(pl.col("vcpu_id"), j["_v"].cast(dt)).alias("vcpu_id"))
+    frames[ex] = exits
+
+
+def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int], None] | None = None,
+         max_bytes: int = MAX_BYTES, **options) -> Trace:
+    """Read tracefs or trace-cmd report text (plain, gzip or zstd) into a :class:`Trace`.
+
+    Args:
+        path: the text file.
+        formats: event formats for typed fields: a trace.dat path (its formats, kallsyms and long size), a folder
+            of format files (:func:`tracekit.formats.load_format_dir`), a dict, or None for the built-in Linux 6.18
+            formats.
+        progress: called as ``progress(done, total)`` over the reading stages.
+        max_bytes: refuse text (after decompression) larger than this.
+
+    Returns:
+        A Trace with ``format="ftrace-text"``, one frame per event (keys ``system:event`` when the format is
+        known), ``unparsed_lines`` and ``lost_events``.
+
+    Raises:
+        ParseError: unreadable, binary, oversized or not trace text at all.
+        ConfigError: a ``formats=`` that is neither a trace.dat, a folder nor a dict.
+    """
+    p = os.fspath(path)
+    steps = 5
+
+    def step(i: int) -> None:
+        if progress is not None:
+            progress(i, steps)
+
+    fmts, kallsyms, long_size = _formats(formats, p)
+    by_name = _by_short_name(fmts)
+    data, compression = read_bytes(p, max_bytes)
+    check_text(data, p)
+    step(1)
+    lines = _lines.strip_quotes(lines_frame(data))
+    del data
+    md = _lines.metadata(lines)
+    df = _lines.classify(lines)
+    step(2)
+    kinds = df["kind"]
+    if not (kinds == "event").any() and not (kinds == "ignored").any():
+        first = df.filter(pl.col("kind") != "ignored").head(1)
+        found = repr(first["line"][0][:60]) if first.height else "nothing"
+        raise ParseError(p, 0, "tracefs or trace-cmd report text (lines like 'comm-pid [cpu] ts: event: info')",
+                         found)
+    df = df.with_columns(
+        pl.when(pl.col("func").is_not_null()).then(pl.lit("function"))
+        .when(pl.col("special") == "<stack trace>").then(pl.lit("kernel_stack"))
+        .when(pl.col("special") == "<user stack trace>").then(pl.lit("user_stack"))
+        .otherwise(pl.col("event")).alias("event"),
+        pl.when(pl.col("func").is_not_null()).then(pl.col("func") + " <-" + pl.col("parent"))
+        .otherwise(pl.col("info")).alias("info"))
+    ev = df.filter(pl.col("kind") == "event")
+    stacks, orphans = _lines.attach_stacks(df, STACK_EVENTS)
+    step(3)
+    with_flags = ev["flags"].is_not_null().any()
+    frames: dict[str, pl.DataFrame] = {}
+    damage: list[ParseError] = []
+    cache: dict = {}
+    for (name,), rows in ev.partition_by("event", as_dict=True, maintain_order=True).items():
+        fmt = by_name.get(name)
+        frame, failed = _event_frame(rows, name, fmt, long_size, with_flags, cache)
+        if name in STACK_EVENTS:
+            frame = _with_stacks(frame, stacks, fmt, long_size)
+        if failed:
+            bad_line = int(frame.filter(pl.all_horizontal(
+                [pl.col(c).is_null() for c in fmt.schema(long_size) if c in frame.columns]))["line_no"][0])
+            damage.append(ParseError(p, None, f"{failed} {name} line(s) in the form of its print fmt "
+                                              f"(fields left null; first at line {bad_line})",
+                                     repr(rows.filter(pl.col("line_no") == bad_line)["info"][0][:80])))
+        frames[fmt.full_name if fmt else name] = frame
+    _learn_vcpu(frames)
+    frames = {k: v.sort("line_no").drop("line_no") for k, v in frames.items()}
+    step(4)
+    unparsed = pl.concat([df.filter(pl.col("kind") == "unparsed").select("line_no", "line"), orphans]) \
+        .sort("line_no")
+    md.update({"compression": compression, "long_size": long_size,
+               "ts_precision_ns": 1 if ev["ts"].str.extract(r"\.(\d+)$", 1).str.len_chars().max() == 9 else 1000,
+               "lines": lines.height, "unparsed": unparsed.height})
+    lost = _lines.lost_events(df).cast(LOST_SCHEMA)
+    used = {k: fmts[k] for k in frames if k in fmts}
+    step(5)
+    return Trace(source=p, format="ftrace-text", frames=frames, metadata=md, formats=used, lost_events=lost,
+                 kallsyms=kallsyms, damage=damage, unparsed_lines=unparsed)
+
+
+def _with_stacks(frame: pl.DataFrame, stacks: pl.DataFrame, fmt: EventFormat | None, long_size: int) -> pl.DataFrame:
+    """Join the frame lines of each stack event; ``size`` is the frame count when the text did not give it."""
+    j = frame.join(stacks.rename({"owner": "line_no", "caller": "_caller"}), on="line_no", how="left")
+    j = j.with_columns(pl.col("callers").fill_null(pl.lit([], dtype=pl.List(pl.String))))
+    if "size" in j.columns:
+        j = j.with_columns(pl.coalesce(pl.col("size"), pl.col("callers").list.len().cast(j.schema["size"]))
+                           .alias("size"))
+    if "caller" in j.columns:
+        j = j.with_columns(pl.coalesce(pl.col("caller"), pl.col("_caller").cast(j.schema["caller"])).alias("caller"))
+    return j.drop("_caller")

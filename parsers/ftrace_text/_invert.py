@@ -1,0 +1,236 @@
+"""Fallback inversion of an event's ``print fmt`` into a parser of its rendered text, used when
+``tracekit.printfmt.info_parser`` is not available.
+
+It covers the forms kernel formats use for plain values: ``%d %i %u %x %o %c %s %p`` (with flags, widths and length
+modifiers) applied to ``REC->field`` (optionally cast), ``__get_str(field)``, and ``__print_symbolic`` /
+``__print_flags`` applied directly to ``REC->field``. Any other argument (arithmetic, ternaries, masks, ``%pS``
+symbols, arrays) is matched but not inverted: its field comes out null.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import polars as pl
+
+from ...formats import EventFormat
+
+_CONV = re.compile(r"%(?P<flags>[-+ #0]*)(?P<width>\d+|\*)?(?:\.(?P<prec>\d+|\*))?(?P<len>hh|h|ll|l|L|z|j|t|q)?"
+                   r"(?P<conv>[diouxXcsp%])(?P<pext>(?<=p)[A-Za-z]\w*)?")
+_CAST = r"(?:\(\s*(?:const\s+|unsigned\s+|signed\s+|struct\s+)*[A-Za-z_]\w*(?:\s+\w+)*\s*\**\s*\)\s*)*"
+_DIRECT = re.compile(rf"^{_CAST}\(?\s*{_CAST}REC\s*->\s*(\w+)\s*\)?$")
+_GET_STR = re.compile(r"^__get_(?:rel_)?str\(\s*(?:REC\s*->\s*)?(\w+)\s*\)$")
+_SYMBOLIC = re.compile(rf"^__print_symbolic(?:_u64)?\(\s*{_CAST}REC\s*->\s*(\w+)\s*,(.*)\)$", re.S)
+_FLAGS = re.compile(rf'^__print_flags(?:_u64)?\(\s*{_CAST}REC\s*->\s*(\w+)\s*,\s*"((?:[^"\\]|\\.)*)"\s*,(.*)\)$', re.S)
+_ENTRY = re.compile(r'\{\s*([^{}]+?)\s*,\s*((?:"(?:[^"\\]|\\.)*"\s*)+)\}')
+_TERNARY = re.compile(rf'^{_CAST}\(?\s*REC\s*->\s*(\w+)\s*\)?\s*\?\s*"([^"]*)"\s*:\s*"([^"]*)"$')
+_SAFE_EXPR = re.compile(r"^[0-9a-fA-FxX\s+\-|&<>()~]+$")
+_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "r": "\r", "0": "\0"}
+_NUM = {"d": r"-?\d+", "i": r"-?\d+", "u": r"-?\d+", "x": r"(?:0x)?[0-9a-fA-F]+", "X": r"(?:0x)?[0-9a-fA-F]+",
+        "o": r"[0-7]+", "c": r".", "p": r"(?:0x)?[0-9a-fA-F]+|\(null\)"}
+
+
+_META = set(".^$*+?()[]{}|\\")
+
+
+def _esc(text: str) -> str:
+    """Escape literal format text for the (Rust) regex engine: meta characters escaped, a run of blanks matches any
+    run of blanks (an empty ``%s`` beside it may leave one out)."""
+    out = "".join("\\" + c if c in _META else c for c in text)
+    return re.sub(r"[ \t\n]+", lambda m: r"\s*", out)
+
+
+def _c_value(text: str) -> int | None:
+    """The value of a constant C expression of a symbol table (``0x040 + 3``, ``(1U << 5)``, ``-1``), or None."""
+    t = re.sub(r"(?<=[0-9a-fA-F])(?:[uU][lL]{0,2}|[lL]{1,2}[uU]?)\b", "", text.strip())
+    if not _SAFE_EXPR.match(t) or "**" in t:
+        return None
+    try:
+        return int(eval(t, {"__builtins__": {}}, {}))  # noqa: S307 - characters restricted to integer arithmetic
+    except (SyntaxError, ValueError, TypeError, ZeroDivisionError, OverflowError):
+        return None
+
+
+def symbol_table(text: str) -> dict[str, int]:
+    """``{ 0x1, "S" }, { 0x2, "D" }`` → ``{"S": 1, "D": 2}`` (entries whose value is not a constant are left out)."""
+    out: dict[str, int] = {}
+    for val, names in _ENTRY.findall(text):
+        name = "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', names))
+        v = _c_value(val)
+        if v is not None and name not in out:
+            out[name] = v
+    return out
+
+
+def split_print_fmt(print_fmt: str) -> tuple[str, list[str]]:
+    """``"a=%d" "b", REC->a, f(x, y)`` → (``a=%db``, [``REC->a``, ``f(x, y)``])."""
+    s = print_fmt.strip()
+    i, parts = 0, []
+    while i < len(s) and s[i] == '"':
+        j, buf = i + 1, []
+        while j < len(s) and s[j] != '"':
+            if s[j] == "\\" and j + 1 < len(s):
+                buf.append(_ESCAPES.get(s[j + 1], s[j + 1]))
+                j += 2
+            else:
+                buf.append(s[j])
+                j += 1
+        parts.append("".join(buf))
+        i = j + 1
+        while i < len(s) and s[i].isspace():
+            i += 1
+    rest = s[i:].lstrip()
+    if rest.startswith(","):
+        rest = rest[1:]
+    args, depth, quote, cur = [], 0, False, []
+    k = 0
+    while k < len(rest):
+        c = rest[k]
+        if quote:
+            if c == "\\" and k + 1 < len(rest):
+                cur.append(rest[k:k + 2])
+                k += 2
+                continue
+            quote = c != '"'
+        elif c == '"':
+            quote = True
+        elif c in "({[":
+            depth += 1
+        elif c in ")}]":
+            depth -= 1
+        elif c == "," and depth == 0:
+            args.append("".join(cur).strip())
+            cur = []
+            k += 1
+            continue
+        cur.append(c)
+        k += 1
+    if "".join(cur).strip():
+        args.append("".join(cur).strip())
+    return "".join(parts), args
+
+
+def _u64(expr: pl.Expr, base: int) -> pl.Expr:
+    """Text → UInt64, negative decimal wrapped two's-complement, unparsable → null."""
+    if base == 16:
+        return expr.str.strip_prefix("0x").str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+    return pl.coalesce(expr.str.to_integer(base=10, dtype=pl.UInt64, strict=False),
+                       expr.str.to_integer(base=10, dtype=pl.Int64, strict=False).cast(pl.UInt64, wrap_numerical=True))
+
+
+def to_dtype(expr: pl.Expr, dtype: pl.DataType, base: int = 10) -> pl.Expr:
+    """Cast the text of a printed integer to ``dtype`` the way C would have truncated the field's value."""
+    if dtype == pl.String:
+        return expr
+    if dtype.is_integer():
+        return _u64(expr, base).cast(dtype, wrap_numerical=True)
+    return pl.lit(None, dtype=dtype)
+
+
+def _unsymbol(expr: pl.Expr, table: dict[str, int], dtype: pl.DataType) -> pl.Expr:
+    """A ``__print_symbolic`` name back to its value; an unknown value printed as a number is parsed."""
+    if not dtype.is_integer():
+        return pl.lit(None, dtype=dtype)
+    names = pl.Series(list(table), dtype=pl.String)
+    vals = pl.Series([v & 0xFFFFFFFFFFFFFFFF for v in table.values()], dtype=pl.UInt64)
+    hit = expr.replace_strict(names, vals, default=None, return_dtype=pl.UInt64)
+    num = pl.when(expr.str.starts_with("0x")).then(_u64(expr, 16)).otherwise(_u64(expr, 10))
+    return pl.coalesce(hit, num).cast(dtype, wrap_numerical=True)
+
+
+def unflag(expr: pl.Expr, sep: str, table: dict[str, int], dtype: pl.DataType) -> pl.Expr:
+    """A ``__print_flags`` text (``SPIN|MUTEX``, leftover bits as hex) back to the OR of its values."""
+    if not dtype.is_integer():
+        return pl.lit(None, dtype=dtype)
+    names = pl.Series(list(table), dtype=pl.String)
+    vals = pl.Series([v & 0xFFFFFFFFFFFFFFFF for v in table.values()], dtype=pl.UInt64)
+    parts = expr.str.split(sep) if sep else expr.str.split("\x00")
+    each = parts.list.eval(pl.coalesce(pl.element().replace_strict(names, vals, default=None, return_dtype=pl.UInt64),
+                                       _u64(pl.element(), 16)))
+    ok = each.list.eval(pl.element().is_null().any()).list.first().not_()
+    total = each.list.eval(pl.element().bitwise_or()).list.first().fill_null(0)
+    return pl.when(expr == "").then(pl.lit(0, pl.UInt64)).when(ok).then(total).cast(dtype, wrap_numerical=True)
+
+
+def info_parser(fmt: EventFormat, long_size: int = 8) -> Callable[[pl.Series], pl.DataFrame]:
+    """A function turning a Series of an event's rendered text (what follows ``event:``) into a frame of its own
+    fields, with the format's dtypes; fields not inverted (and rows that do not match) come out null."""
+    text, args = split_print_fmt(fmt.print_fmt)
+    text = text.strip()
+    schema = fmt.schema(long_size)
+    regex: list[str] = []
+    caps: list[tuple[str, str, Callable[[pl.Expr], pl.Expr]]] = []   # (group, field, converter)
+    pos, argi = 0, 0
+    for m in _CONV.finditer(text):
+        regex.append(_esc(text[pos:m.start()]))
+        pos = m.end()
+        conv = m.group("conv")
+        if conv == "%":
+            regex.append("%")
+            continue
+        if m.group("width") == "*":
+            argi += 1
+        if m.group("prec") == "*":
+            argi += 1
+        arg = args[argi] if argi < len(args) else ""
+        argi += 1
+        pad = " *" if m.group("width") else ""
+        if conv == "p" and m.group("pext"):
+            regex.append(pad + r".*?")
+            continue
+        pattern = _NUM.get(conv, r".*?")
+        group = f"g{len(caps)}"
+        direct, getstr = _DIRECT.match(arg), _GET_STR.match(arg)
+        sym, flg, tern = _SYMBOLIC.match(arg), _FLAGS.match(arg), _TERNARY.match(arg)
+        field = (direct or getstr or sym or flg or tern)
+        name = field.group(1) if field else None
+        if name not in schema:
+            regex.append(f"{pad}(?:{pattern})")
+            continue
+        dtype = schema[name]
+        if sym and conv == "s":
+            table = symbol_table(sym.group(2))
+            caps.append((group, name, lambda e, t=table, d=dtype: _unsymbol(e, t, d)))
+        elif flg and conv == "s":
+            table = symbol_table(flg.group(3))
+            sep = flg.group(2)
+            caps.append((group, name, lambda e, s=sep, t=table, d=dtype: unflag(e, s, t, d)))
+        elif tern and conv == "s" and dtype.is_integer():
+            yes, no = tern.group(2), tern.group(3)
+            caps.append((group, name, lambda e, y=yes, n=no, d=dtype: pl.when(e == y).then(1).when(e == n).then(0)
+                         .otherwise(None).cast(d)))
+        elif (direct or getstr) and conv == "s" and dtype == pl.String:
+            caps.append((group, name, lambda e: e))
+        elif direct and conv in "xXp":
+            caps.append((group, name, lambda e, d=dtype: to_dtype(e.replace("(null)", "0"), d, 16)))
+        elif direct and conv in "diuo":
+            base = 8 if conv == "o" else 10
+            if base == 8:
+                caps.append((group, name, lambda e, d=dtype: e.str.to_integer(base=8, strict=False).cast(d)))
+            else:
+                caps.append((group, name, lambda e, d=dtype: to_dtype(e, d)))
+        else:
+            regex.append(f"{pad}(?:{pattern})")
+            continue
+        regex.append(f"{pad}(?P<{group}>{pattern})")
+    regex.append(_esc(text[pos:]))
+    full = r"^\s*" + "".join(regex) + r"\s*$"
+    try:
+        re.compile(full)
+    except re.error:
+        full = r"^(?P<g_never>\A\z)$"
+        caps = []
+
+    def parse(info: pl.Series) -> pl.DataFrame:
+        df = pl.DataFrame({"info": info})
+        if caps:
+            df = df.with_columns(pl.col("info").str.extract_groups(full).alias("_g"))
+        cols = {name: pl.lit(None, dtype=dt) for name, dt in schema.items()}
+        for group, name, convert in caps:
+            if cols[name].meta.is_literal():
+                cols[name] = convert(pl.col("_g").struct.field(group))
+        return df.with_columns([e.alias(n) for n, e in cols.items()]).select(list(cols))
+
+    parse.regex = full  # type: ignore[attr-defined]
+    return parse

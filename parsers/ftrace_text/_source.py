@@ -1,0 +1,91 @@
+"""Bytes of a text trace → a Polars frame of its lines (``line_no``, ``line``), decompressing gzip/zstd and refusing
+binary or oversized input before it costs memory."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import zlib
+
+import polars as pl
+import zstandard
+
+from ...errors import ParseError, TruncatedError
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"
+
+#: default ceiling on the (decompressed) text size; ``read(..., max_bytes=N)`` moves it
+MAX_BYTES = 4 << 30
+_CHUNK = 1 << 24
+
+
+def _read_capped(stream: io.RawIOBase | io.BufferedIOBase, path: str, max_bytes: int, what: str) -> bytes:
+    """Read ``stream`` to its end, refusing more than ``max_bytes`` (a zip bomb or a huge file)."""
+    buf = bytearray()
+    while True:
+        chunk = stream.read(_CHUNK)
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+        if len(buf) > max_bytes:
+            raise ParseError(path, max_bytes, f"{what} of at most {max_bytes} bytes (pass max_bytes= to read more)",
+                             "more")
+
+
+def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> tuple[bytes, str | None]:
+    """The text of ``path``, decompressed when it is gzip or zstd.
+
+    Returns:
+        (text bytes, compression name or None).
+
+    Raises:
+        ParseError: unreadable, larger than ``max_bytes``, or a damaged compressed stream.
+        TruncatedError: a compressed stream that ends early.
+    """
+    p = os.fspath(path)
+    try:
+        f = open(p, "rb")
+    except OSError as exc:
+        raise ParseError(p, None, "a readable file", exc.strerror) from exc
+    with f:
+        head = f.read(4)
+        f.seek(0)
+        try:
+            if head.startswith(ZSTD_MAGIC):
+                dctx = zstandard.ZstdDecompressor()
+                with dctx.stream_reader(f, read_across_frames=True) as r:
+                    return _read_capped(r, p, max_bytes, "zstd-compressed text"), "zstd"
+            if head.startswith(GZIP_MAGIC):
+                with gzip.GzipFile(fileobj=f) as g:
+                    return _read_capped(g, p, max_bytes, "gzip-compressed text"), "gzip"
+        except EOFError as exc:
+            raise TruncatedError(p, os.path.getsize(p), "the rest of the compressed stream", "end of file") from exc
+        except (zstandard.ZstdError, zlib.error, gzip.BadGzipFile) as exc:
+            raise ParseError(p, None, f"a valid {'zstd' if head.startswith(ZSTD_MAGIC) else 'gzip'} stream",
+                             str(exc)[:80]) from exc
+        return _read_capped(f, p, max_bytes, "a text file"), None
+
+
+def check_text(data: bytes, path: str) -> None:
+    """Refuse binary content: a NUL byte cannot occur in trace text.
+
+    Raises:
+        ParseError: at the offset of the first NUL byte.
+    """
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise ParseError(path, nul, "ftrace / trace-cmd report text", "a NUL byte (binary data)")
+
+
+def lines_frame(data: bytes) -> pl.DataFrame:
+    """One row per line: ``line_no`` (UInt32, 1-based) and ``line`` (String; invalid UTF-8 replaced, CR dropped)."""
+    text = data.decode("utf-8", "replace")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    s = pl.Series("line", lines, dtype=pl.String)
+    if "\r" in text:
+        s = s.str.strip_chars_end("\r")
+    return pl.DataFrame([s]).with_row_index("line_no", offset=1)
