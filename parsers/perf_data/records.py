@@ -167,13 +167,13 @@ def _lockstep(step: np.ndarray, starts: np.ndarray, ends: np.ndarray,
 
 
 def walk(stream: Stream, start: int = 0, end: int | None = None) -> tuple[np.ndarray, ParseError | None]:
-    """Offsets of every record in ``stream[start:end]`` (see :func:`_walk`); a stream holding unpadded compressed
-    records is walked again byte by byte."""
+    """Offsets of every record in ``stream[start:end]`` (see :func:`_walk`); a stream holding unpadded records
+    (compressed, pipe-mode features) is walked again byte by byte."""
     pos, dmg = _walk(stream, start, end, True)
-    if dmg is not None and len(pos) < 1 << 22:
-        p = dmg.offset - (stream.base or 0) if stream.base is not None else None
-        if p is not None and int(stream.u32(np.array([p]))[0]) in (L.T["COMPRESSED"], L.T["COMPRESSED2"]):
-            return _walk(stream, start, end, False)
+    if dmg is not None and dmg.offset is not None and stream.base is not None:
+        p = np.array([dmg.offset - stream.base])
+        if stream.plausible(p, aligned=False)[0] and not stream.plausible(p)[0]:
+            return _walk(stream, start, end, False)  # unpadded records (compressed, pipe-mode features)
     return pos, dmg
 
 
