@@ -1,1 +1,350 @@
-"""(being written)"""
+"""trace-cmd's trace.dat, file format v6 and v7, into a :class:`tracekit.Trace`.
+
+Implements trace-cmd.dat.v6(5) and trace-cmd.dat.v7(5) (trace-cmd 3.x, Documentation/trace-cmd/): little- and
+big-endian files, 4- and 8-byte longs, the page size from the file, v7 sections (none/zlib/zstd), every option,
+several buffers (instances), and the Linux ring-buffer page format (kbuffer-parse.c). Timestamps are what
+``trace-cmd report`` prints: the raw clock, TSC2NSEC applied when the file has it, plus DATE/OFFSET options.
+
+Frames: one per ``system:event``, columns ``ts`` Int64, ``cpu`` Int32, ``buffer`` String (only when the file holds
+more than one buffer), ``common_pid``/``common_flags``/``common_preempt_count`` (the kernel's widths),
+``common_comm`` (from the saved cmdlines, ``<idle>`` for pid 0, null when unknown), then every field of the format.
+ftrace's ``kernel_stack`` holds all ``size`` callers in ``caller`` plus their symbol names in ``callers``;
+``bprint`` gets a ``text`` column decoded through the printk formats. An event field named like a common column
+(``ts``, ``cpu``, ``buffer``) is renamed ``<name>_``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from tracekit.errors import ParseError, TracekitError, UnsupportedFormatError
+from tracekit.formats import EventFormat, parse_format, parse_header_page
+from tracekit.model import LOST_SCHEMA, Trace
+from tracekit.symbols import Kallsyms
+
+from . import layout as L
+from .fields import Payloads, event_columns
+from .pages import build_pageset, walk
+from .sections import Blob, FileInfo, cpu_bytes, read_info
+
+__all__ = ["sniff", "read"]
+
+_NS_CLOCKS = ("local", "global", "uptime", "perf", "mono", "mono_raw", "boot", "tai", "tsc2nsec")
+_PRINTK = re.compile(r"^\s*(0x[0-9a-fA-F]+)\s*:\s*\"(.*)\"\s*$", re.M)
+_RESERVED = ("ts", "cpu", "buffer")
+
+
+def sniff(head: bytes) -> bool:
+    """True when ``head`` starts with the trace.dat magic."""
+    return head.startswith(L.MAGIC)
+
+
+def _num(data: bytes, big: bool) -> int:
+    return int.from_bytes(data, "big" if big else "little")
+
+
+def _cstr(data: bytes) -> str:
+    return data.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _metadata(info: FileInfo) -> dict:
+    big = info.big_endian
+    md: dict = {
+        "version": info.version, "endianness": "big" if big else "little", "long_size": info.long_size,
+        "page_size": info.page_size, "compression": info.compression,
+        "compression_version": info.compression_version or None, "cpus": info.cpus, "cpustats": [],
+        "guests": [], "options": [], "header_page": info.header_page, "header_event": info.header_event,
+    }
+    for oid, data in info.options:
+        name = L.OPTION_NAMES.get(oid, f"option_{oid}")
+        md["options"].append({"id": oid, "name": name, "data": data})
+        if oid in (L.OPT_UNAME, L.OPT_VERSION, L.OPT_DATE, L.OPT_OFFSET, 6, 10, 24):
+            key = {L.OPT_VERSION: "tracer_version", 6: "hook", 10: "procmaps", 24: "last_boot_info"}.get(oid, name)
+            md[key] = _cstr(data)
+        elif oid == L.OPT_CPUSTAT:
+            md["cpustats"].append(_cstr(data))
+        elif oid == L.OPT_TRACECLOCK:
+            text = _cstr(data)
+            md["trace_clocks"] = text.split()
+            m = re.search(r"\[(\S+)\]", text)
+            if m:
+                md.setdefault("clock", m.group(1))
+        elif oid == L.OPT_CPUCOUNT and len(data) >= 4:
+            md["cpus"] = _num(data[:4], big)
+        elif oid == L.OPT_TRACEID and len(data) >= 8:
+            md["trace_id"] = _num(data[:8], big)
+        elif oid == L.OPT_TSC2NSEC and len(data) >= 16:
+            r = np.frombuffer(data[:16], L.order(L.TSC2NSEC, big))[0]
+            md["tsc2nsec"] = {"mult": int(r["mult"]), "shift": int(r["shift"]), "offset": int(r["offset"])}
+        elif oid == L.OPT_TIME_SHIFT and len(data) >= 16:
+            md["time_shift"] = {"peer_trace_id": _num(data[:8], big), "flags": _num(data[8:12], big),
+                                "cpus": _num(data[12:16], big), "raw": data}
+        elif oid == L.OPT_GUEST:
+            md["guests"].append(_guest(data, big))
+    top = next((b for b in info.buffers if b.name == ""), info.buffers[0] if info.buffers else None)
+    if top is not None and top.clock:
+        md["clock"] = top.clock
+    md["buffers"] = [{"name": b.name, "clock": b.clock, "page_size": b.page_size or info.page_size,
+                      "cpus": len(b.cpus), "latency": b.latency} for b in info.buffers]
+    md.setdefault("clock", None)
+    ns = md["clock"] in _NS_CLOCKS or (md["clock"] or "").startswith("mono") or "tsc2nsec" in md
+    md["ts_unit"] = "ns" if ns else "raw clock"
+    return md
+
+
+def _guest(data: bytes, big: bool) -> dict:
+    name = _cstr(data)
+    p = len(name.encode()) + 1
+    out = {"name": name}
+    if len(data) >= p + 12:
+        out["trace_id"] = _num(data[p:p + 8], big)
+        n = _num(data[p + 8:p + 12], big)
+        pairs = data[p + 12:p + 12 + 8 * n]
+        out["vcpus"] = [(_num(pairs[i:i + 4], big), _num(pairs[i + 4:i + 8], big)) for i in range(0, len(pairs) - 7, 8)]
+    return out
+
+
+def _ts_offset(md: dict) -> int:
+    off = 0
+    for o in md["options"]:
+        try:
+            if o["id"] == L.OPT_DATE:  # microseconds between trace clock and gettimeofday (trace-input.c)
+                off += int(_cstr(o["data"]), 0) * 1000
+            elif o["id"] == L.OPT_OFFSET:
+                off += int(_cstr(o["data"]), 0)
+        except ValueError:
+            continue
+    return off
+
+
+def _to_ns(raw: np.ndarray, md: dict) -> np.ndarray:
+    """trace-input.c timestamp_calc(): ``mul_u64_u32_shr`` by TSC2NSEC, then the DATE/OFFSET offset; Int64."""
+    ts = raw.astype(np.uint64)
+    t = md.get("tsc2nsec")
+    if t and t["mult"]:
+        mult, shift = np.uint64(t["mult"]), t["shift"]
+        lo = (ts & np.uint64(0xFFFFFFFF)) * mult >> np.uint64(shift)
+        hi = (ts >> np.uint64(32)) * mult
+        ts = lo + ((hi << np.uint64(32 - shift)) if shift <= 32 else (hi >> np.uint64(shift - 32)))
+    ts = ts + np.uint64(_ts_offset(md) % (1 << 64))
+    return ts.view(np.int64)
+
+
+def _cmdlines(text: str) -> tuple[np.ndarray, list[str]]:
+    pids, names = [], []
+    for line in text.splitlines():
+        pid, _, comm = line.strip().partition(" ")
+        if pid.lstrip("-").isdigit():
+            pids.append(int(pid))
+            names.append(comm)
+    return np.array(pids, np.int64), names
+
+
+@dataclass
+class _State:
+    """What the lazy frame builders need: the decoded records and everything to name them."""
+
+    path: str
+    buf: np.ndarray
+    big: bool
+    long_size: int
+    formats: dict[int, EventFormat]
+    pids: np.ndarray
+    comms: list[str]
+    buffer_names: list[str]
+    kallsyms: Kallsyms | None
+    printk: dict[int, str]
+
+
+def _frame(st: _State, fmt: EventFormat, data: np.ndarray, length: np.ndarray, ts: np.ndarray, cpu: np.ndarray,
+           group: np.ndarray) -> pl.DataFrame:
+    p = Payloads(st.buf, data, length, st.big, st.long_size)
+    cols = event_columns(fmt, p)
+    out: dict[str, pl.Series] = {"ts": pl.Series("ts", ts, dtype=pl.Int64), "cpu": pl.Series("cpu", cpu, dtype=pl.Int32)}
+    if len(st.buffer_names) > 1:
+        out["buffer"] = pl.Series("buffer", np.array(st.buffer_names, dtype=object)[group], dtype=pl.String)
+    for name in ("common_pid", "common_flags", "common_preempt_count"):
+        if name in cols:
+            out[name] = cols.pop(name)
+    if "common_pid" in out:
+        pid = out["common_pid"].cast(pl.Int64)
+        keys = pl.Series(np.concatenate([[0], st.pids]), dtype=pl.Int64)
+        vals = pl.Series(["<idle>"] + st.comms, dtype=pl.String)
+        keys, idx = np.unique(keys.to_numpy(), return_index=True)
+        out["common_comm"] = pid.replace_strict(pl.Series(keys), vals.gather(idx), default=None,
+                                                return_dtype=pl.String).rename("common_comm")
+    for name, s in cols.items():
+        if name.startswith("common_"):
+            out[name] = s
+    for name, s in cols.items():
+        if not name.startswith("common_"):
+            key = f"{name}_" if name in _RESERVED else name
+            out[key] = s.rename(key)
+    df = pl.DataFrame(out)
+    if fmt.system == "ftrace" and fmt.name == "kernel_stack" and "caller" in df.columns:
+        df = df.with_columns(_callers(st, df["caller"]))
+    if fmt.system == "ftrace" and fmt.name == "bprint":
+        from .bprint import bprint_text
+
+        df = df.with_columns(bprint_text(df, st.printk, st.big, st.kallsyms))
+    return df
+
+
+def _callers(st: _State, caller: pl.Series) -> pl.Series:
+    """``callers``: the symbol name of every caller address, as trace-cmd's stack plugin shows them."""
+    flat = caller.explode().drop_nulls().unique().sort()
+    if st.kallsyms is None or flat.is_empty():
+        return caller.list.eval(pl.lit(None, dtype=pl.String)).rename("callers")
+    names = st.kallsyms.names_of(flat.to_numpy())
+    return caller.list.eval(pl.element().replace_strict(flat, names, default=None, return_dtype=pl.String)) \
+        .rename("callers")
+
+
+def read(source: str | os.PathLike, *, buffer: str | None = None, progress=None, **_options) -> Trace:
+    """Read a trace.dat (v6 or v7) into a :class:`~tracekit.Trace`.
+
+    Args:
+        source: the file.
+        buffer: read only this instance ("" = the top buffer); default: every buffer, as ``trace-cmd report``.
+        progress: called as ``progress(done, total)`` with bytes of CPU data decoded.
+
+    Returns:
+        A Trace whose frames are built on first use (``counts_hint`` gives the counts without building them).
+
+    Raises:
+        UnsupportedFormatError: not a trace.dat, or an unknown version or compression.
+        ParseError: metadata damaged or truncated (a damaged data page is only recorded in ``Trace.damage``).
+    """
+    path = os.fspath(source)
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                raise UnsupportedFormatError(path, "empty file: expected a trace.dat", 0)
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as exc:
+        raise ParseError(path, None, "a readable file", exc.strerror) from exc
+    try:
+        return _read(mm, path, buffer, progress)
+    except TracekitError:
+        raise
+    except (ValueError, IndexError, OverflowError, MemoryError, UnicodeError) as exc:
+        raise ParseError(path, None, "a consistent trace.dat", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _read(mm, path: str, buffer: str | None, progress) -> Trace:
+    info = read_info(mm, path)
+    md = _metadata(info)
+    damage: list[ParseError] = []
+    hp = parse_header_page(info.header_page)
+    long_size = hp["commit"].size if "commit" in hp and hp["commit"].size in (4, 8) else info.long_size
+    md["kernel_long_size"] = long_size
+    formats: dict[int, EventFormat] = {}
+    by_name: dict[str, EventFormat] = {}
+    texts = [("ftrace", t) for t in info.ftrace_formats] + info.event_formats
+    for system, text in texts:
+        try:
+            fmt = parse_format(text, system, path=path)
+        except ParseError as exc:
+            damage.append(exc)
+            continue
+        formats[fmt.id] = fmt
+        by_name[fmt.full_name] = fmt
+    kallsyms = None
+    if info.kallsyms.strip():
+        try:
+            kallsyms = Kallsyms.parse(info.kallsyms, path)
+        except ParseError as exc:
+            damage.append(exc)
+    printk = {int(a, 16): f for a, f in _PRINTK.findall(info.printk)}
+    md["printk_formats"] = printk
+    pids, comms = _cmdlines(info.cmdlines)
+    tables = {"cmdlines": pl.DataFrame({"pid": pl.Series(pids, dtype=pl.Int32), "comm": pl.Series(comms,
+                                                                                                 dtype=pl.String)})}
+    buffers = [b for b in info.buffers if not b.latency]
+    if buffer is not None:
+        buffers = [b for b in buffers if b.name == buffer]
+        if not buffers:
+            names = [b.name for b in info.buffers]
+            raise UnsupportedFormatError(path, f"no buffer {buffer!r} in this file (buffers: {names})")
+    blob = Blob(mm, path, info.big_endian)
+    parts = []
+    total = sum(c.size for b in buffers for c in b.cpus)
+    done = 0
+    for g, b in enumerate(buffers):
+        psize = b.page_size or info.page_size
+        if psize != info.page_size and len(buffers) > 1:
+            damage.append(ParseError(path, b.offset, f"one page size for all buffers ({info.page_size})", psize))
+            continue
+        for c in b.cpus:
+            try:
+                data, off = cpu_bytes(blob, info, b, c)
+            except ParseError as exc:
+                damage.append(exc)
+                continue
+            parts.append((g, c.cpu, data, off, b.compressed))
+            done += c.size
+            if progress is not None:
+                progress(done, total)
+    page_size = (buffers[0].page_size or info.page_size) if buffers else info.page_size
+    ps = build_pageset(parts, page_size, path, damage)
+    recs = walk(ps, page_size, long_size, info.big_endian, path)
+    damage.extend(recs.damage)
+    cpu = ps.cpu[recs.page]
+    group = ps.group[recs.page]
+    ts = _to_ns(recs.ts, md)
+    order = np.argsort(ts, kind="stable")
+    data, length, ts, cpu, group = recs.data[order], recs.length[order], ts[order], cpu[order], group[order]
+    u32 = ps.buf[: len(ps.buf) // 4 * 4].view(">u4" if info.big_endian else "<u4")
+    word = u32[data >> 2] if len(data) else np.zeros(0, np.uint32)
+    ids = ((word >> 16) if info.big_endian else (word & 0xFFFF)).astype(np.int32)
+    ids[length < 2] = -1
+    lost = _lost_frame(ps, recs.lost, buffers)
+    st = _State(path, ps.buf, info.big_endian, long_size, formats, pids, comms, [b.name for b in buffers],
+                kallsyms, printk)
+    frames: dict = {}
+    counts: dict[str, int] = {}
+    present = np.unique(ids)
+    for eid in present:
+        fmt = formats.get(int(eid))
+        sel = np.flatnonzero(ids == eid)
+        if fmt is None:
+            damage.append(ParseError(path, None, "records whose common_type has an event format",
+                                     f"{len(sel)} records of unknown type {int(eid)}"))
+            continue
+        key = fmt.full_name
+        counts[key] = len(sel)
+        frames[key] = _builder(st, fmt, data[sel], length[sel], ts[sel], cpu[sel], group[sel])
+    md["events"] = int(sum(counts.values()))
+    return Trace(source=path, format="trace.dat", frames=frames, metadata=md, formats=by_name, lost_events=lost,
+                 kallsyms=kallsyms, damage=damage, tables=tables, counts_hint=counts)
+
+
+def _builder(st: _State, fmt: EventFormat, *arrays):
+    def build() -> pl.DataFrame:
+        return _frame(st, fmt, *arrays)
+
+    return build
+
+
+def _lost_frame(ps, lost: np.ndarray, buffers) -> pl.DataFrame:
+    multi = len(buffers) > 1
+    schema = dict(LOST_SCHEMA)
+    if multi:
+        schema["buffer"] = pl.String
+    if not len(lost):
+        return pl.DataFrame(schema=schema)
+    df = pl.DataFrame({"cpu": pl.Series(ps.cpu, dtype=pl.Int32), "g": ps.group,
+                       "lost": np.where(lost > 0, lost, 0), "lost_unknown": (lost < 0).astype(np.int64)})
+    df = df.group_by(["g", "cpu"]).agg(pl.col("lost").sum().cast(pl.Int64), pl.col("lost_unknown").sum()
+                                       .cast(pl.Int64)).filter((pl.col("lost") > 0) | (pl.col("lost_unknown") > 0))
+    if multi:
+        names = [b.name for b in buffers]
+        df = df.with_columns(pl.col("g").map_elements(lambda i: names[i], return_dtype=pl.String).alias("buffer"))
+    return df.sort(["g", "cpu"]).select(list(schema))

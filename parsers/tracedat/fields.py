@@ -1,0 +1,154 @@
+"""Column-wise extraction of event fields from ring-buffer record payloads.
+
+Implements the field layout of Linux ``events/<system>/<event>/format`` files (offset/size/signed per field,
+``__data_loc``/``__rel_loc`` locators, flexible arrays) as libtraceevent reads them. Every field is one numpy
+gather over all records of an event; no Python loop per event.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from tracekit.formats import EventFormat, Field
+
+_ROW_CHUNK = 1 << 20
+_MAX_STR = 1 << 16
+
+
+class Payloads:
+    """The records of one event: ``buf`` (uint8), payload offsets ``off`` and lengths ``length``."""
+
+    def __init__(self, buf: np.ndarray, off: np.ndarray, length: np.ndarray, big: bool, long_size: int):
+        self.buf = buf
+        self.off = off
+        self.length = length.astype(np.int64)
+        self.big = big
+        self.long_size = long_size
+        self.last = len(buf) - 1
+        n4 = len(buf) // 4 * 4
+        self.u32 = buf[:n4].view(">u4" if big else "<u4")
+        self.u16 = buf[: len(buf) // 2 * 2].view(">u2" if big else "<u2")
+
+    def uint(self, rel: int | np.ndarray, size: int) -> np.ndarray:
+        """Unsigned ints of ``size`` bytes at payload offset ``rel`` (a constant or per row) of every record."""
+        off = self.off + rel
+        off = np.clip(off, 0, max(self.last - size, 0))
+        const = np.isscalar(rel)
+        if size == 1:
+            return self.buf[off]
+        if size == 2 and const and rel % 2 == 0:
+            return self.u16[off >> 1]
+        if size == 4 and const and rel % 4 == 0:
+            return self.u32[off >> 2]
+        if size == 8 and const and rel % 4 == 0:
+            a = self.u32[off >> 2].astype(np.uint64)
+            b = self.u32[(off >> 2) + 1].astype(np.uint64)
+            return (a << np.uint64(32)) | b if self.big else a | (b << np.uint64(32))
+        acc = np.zeros(len(off), np.uint64)
+        for k in range(size):
+            byte = self.buf[off + k].astype(np.uint64)
+            acc |= byte << np.uint64(8 * (size - 1 - k if self.big else k))
+        return acc.astype({1: np.uint8, 2: np.uint16, 4: np.uint32}.get(size, np.uint64))
+
+    def scalar(self, f: Field) -> pl.Series:
+        raw = self.uint(f.offset, f.size)
+        dt = f.dtype(self.long_size)
+        if isinstance(dt, pl.Binary):
+            return self.bytes_matrix_strings(f.offset, np.full(len(self.off), f.size), f.size, binary=True)
+        width = {pl.Int8: "i1", pl.Int16: "i2", pl.Int32: "i4", pl.Int64: "i8",
+                 pl.UInt8: "u1", pl.UInt16: "u2", pl.UInt32: "u4", pl.UInt64: "u8"}[type(dt)]
+        return pl.Series(f.name, raw.astype(f"u{width[1]}").view(width), dtype=dt)
+
+    def bytes_matrix_strings(self, start, length: np.ndarray, width: int, binary: bool = False) -> pl.Series:
+        """C strings (cut at the first NUL) of at most ``length`` bytes from ``start`` (offset or per-row offset)."""
+        n = len(self.off)
+        width = int(max(1, min(width, _MAX_STR)))
+        parts = []
+        step = max(1, _ROW_CHUNK * 16 // width)
+        cols = np.arange(width, dtype=np.int64)
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            base = (self.off[lo:hi] + start) if np.isscalar(start) else start[lo:hi]
+            idx = np.clip(base[:, None] + cols, 0, self.last)
+            mat = self.buf[idx]
+            mat[cols[None, :] >= length[lo:hi, None]] = 0
+            if not binary:
+                mat[np.logical_or.accumulate(mat == 0, axis=1)] = 0
+            parts.append(np.ascontiguousarray(mat).view(f"S{width}").ravel())
+        flat = np.concatenate(parts) if parts else np.zeros(0, f"S{width}")
+        s = pl.Series(flat, dtype=pl.Binary)
+        if binary:
+            return s
+        try:
+            return s.cast(pl.String)
+        except pl.exceptions.ComputeError:
+            uniq, inv = np.unique(flat, return_inverse=True)
+            text = pl.Series([u.decode("utf-8", "replace") for u in uniq], dtype=pl.String)
+            return text.gather(inv.ravel())
+
+    def string(self, f: Field) -> pl.Series:
+        if f.is_dynamic:
+            loc = self.uint(f.offset, 4).astype(np.int64)
+            rel = (loc & 0xFFFF) + (f.offset + f.size if f.rel_loc else 0)
+            ln = np.minimum(loc >> 16, np.maximum(self.length - rel, 0))
+            return self.bytes_matrix_strings(self.off + rel, ln, int(ln.max()) if len(ln) else 1).rename(f.name)
+        if f.array_len:  # char name[N]
+            return self.bytes_matrix_strings(f.offset, np.full(len(self.off), f.size), f.size).rename(f.name)
+        ln = np.maximum(self.length - f.offset, 0)  # flexible char name[]: to the end of the record
+        return self.bytes_matrix_strings(f.offset, ln, int(ln.max()) if len(ln) else 1).rename(f.name)
+
+    def array(self, f: Field, count: np.ndarray | None = None) -> pl.Series:
+        """A List column: fixed ``name[N]``, flexible ``name[]`` (to the record's end), ``__data_loc`` arrays, or
+        ``count`` elements per row when given (ftrace's ``kernel_stack``)."""
+        dt = f.dtype(self.long_size)
+        es = f.element_size(self.long_size)
+        start: int | np.ndarray = f.offset
+        if f.is_dynamic:
+            loc = self.uint(f.offset, 4).astype(np.int64)
+            start = (loc & 0xFFFF) + (f.offset + f.size if f.rel_loc else 0)
+            n_el = np.minimum(loc >> 16, np.maximum(self.length - start, 0)) // es
+        elif count is not None:
+            n_el = np.clip(count, 0, np.maximum(self.length - f.offset, 0) // es)
+        elif f.array_len:
+            n_el = np.full(len(self.off), f.array_len)
+        else:
+            n_el = np.maximum(self.length - f.offset, 0) // es
+        width = int(n_el.max()) if len(n_el) else 0
+        inner = dt.inner
+        cols = [self.uint(start + k * es, es) for k in range(width)]
+        np_inner = {1: np.uint8, 2: np.uint16, 4: np.uint32}.get(es, np.uint64)
+        mat = np.stack(cols, axis=1).astype(np_inner) if cols else np.zeros((len(self.off), 0), np_inner)
+        if inner.is_signed_integer():
+            mat = mat.view(np_inner().dtype.str.replace("u", "i"))
+        if width == 0:
+            return pl.Series(f.name, [[] for _ in range(len(self.off))], dtype=dt)
+        s = pl.Series(f.name, mat).cast(pl.List(inner))
+        if f.array_len and not f.is_dynamic and count is None:
+            return s
+        return pl.DataFrame({f.name: s, "_n": n_el}).select(pl.col(f.name).list.head(pl.col("_n"))).to_series()
+
+    def column(self, f: Field) -> pl.Series:
+        if f.is_string:
+            return self.string(f)
+        dt = f.dtype(self.long_size)
+        if isinstance(dt, pl.List):
+            return self.array(f)
+        return self.scalar(f)
+
+
+def event_columns(fmt: EventFormat, p: Payloads) -> dict[str, pl.Series]:
+    """Every field of ``fmt`` (common fields except ``common_type`` first) as Polars Series named as in the format."""
+    out: dict[str, pl.Series] = {}
+    for f in fmt.fields:
+        if f.name == "common_type":
+            continue
+        if fmt.system == "ftrace" and fmt.name == "kernel_stack" and f.name == "caller":
+            try:
+                count = p.uint(fmt.field("size").offset, 4).astype(np.int32).astype(np.int64)
+            except KeyError:
+                count = None
+            out[f.name] = p.array(f, count)
+            continue
+        out[f.name] = p.column(f)
+    return out

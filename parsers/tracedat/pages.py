@@ -1,0 +1,186 @@
+"""Vectorised decoding of Linux ring-buffer sub-buffers ("pages") as trace.dat stores them.
+
+Implements the sub-buffer layout of ``events/header_page`` (``timestamp``, ``commit`` = a kernel long whose bits 31/30
+flag missed events) and the record headers of ``events/header_event`` (``type_len`` 0..31, ``time_delta``), following
+libtraceevent's kbuffer-parse.c (the reader trace-cmd uses). All pages of all CPUs are walked in lock-step: one numpy
+step reads the next record header of every page at once, so the Python loop runs once per record *slot* of a page
+(at most page_size/4 times), never once per event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tracekit.errors import ParseError
+
+from . import layout as L
+
+
+@dataclass
+class PageSet:
+    """Pages of one or more CPUs laid out in one uint8 buffer (each page starting at a multiple of 4).
+
+    Attributes:
+        buf: the bytes; padded so that reading 8 bytes past any page stays inside.
+        starts: byte offset of every page in ``buf``.
+        cpu: CPU of every page; ``group``: buffer (instance) index of every page.
+        where: (file offset of the CPU data, page index in it, compressed?) for error messages.
+    """
+
+    buf: np.ndarray
+    starts: np.ndarray
+    cpu: np.ndarray
+    group: np.ndarray
+    where: list[tuple[int, int, int, bool]] = field(default_factory=list)
+
+
+@dataclass
+class Records:
+    """Every event record found, in per-page order (pages in ``PageSet`` order).
+
+    Attributes:
+        page: index of the record's page; ``data``: byte offset of its payload in the buffer; ``length``: payload
+        bytes; ``ts``: raw timestamp (the clock's units, before TSC2NSEC/offsets).
+        lost: per page, events the kernel reported lost (count, or -1 when the count was not stored; 0 = none).
+        damage: one error per page that could not be decoded (its records are dropped, the rest kept).
+    """
+
+    page: np.ndarray
+    data: np.ndarray
+    length: np.ndarray
+    ts: np.ndarray
+    lost: np.ndarray
+    damage: list[ParseError]
+
+
+def build_pageset(parts: list[tuple[int, int, np.ndarray, int, bool]], page_size: int, path: str,
+                  damage: list[ParseError]) -> PageSet:
+    """Lay out per-CPU page data (``(group, cpu, bytes, file offset, compressed)``) in one buffer.
+
+    A trailing partial page is reported in ``damage`` and skipped.
+    """
+    total = 0
+    for _g, cpu, data, off, comp in parts:
+        whole = len(data) // page_size
+        if len(data) % page_size:
+            damage.append(ParseError(path, off + (0 if comp else whole * page_size),
+                                     f"CPU {cpu} data made of whole {page_size}-byte pages",
+                                     f"{len(data)} bytes (a partial page of {len(data) % page_size} bytes skipped)"))
+        total += whole * page_size
+    buf = np.zeros(total + 16, np.uint8)
+    starts, cpus, groups = [], [], []
+    where = []
+    pos = 0
+    for g, cpu, data, off, comp in parts:
+        whole = len(data) // page_size
+        n = whole * page_size
+        buf[pos:pos + n] = data[:n]
+        starts.append(pos + np.arange(whole, dtype=np.int64) * page_size)
+        cpus.append(np.full(whole, cpu, np.int32))
+        groups.append(np.full(whole, g, np.int32))
+        where.append((off, whole, cpu, comp))
+        pos += n
+    return PageSet(buf, _cat(starts, np.int64), _cat(cpus, np.int32), _cat(groups, np.int32), where)
+
+
+def _cat(xs: list, dt) -> np.ndarray:
+    return np.concatenate(xs) if xs else np.zeros(0, dt)
+
+
+def _u64_at(u32: np.ndarray, off: np.ndarray, big: bool) -> np.ndarray:
+    a = u32[off >> 2].astype(np.uint64)
+    b = u32[(off >> 2) + 1].astype(np.uint64)
+    return (a << np.uint64(32)) | b if big else a | (b << np.uint64(32))
+
+
+def _page_error(ps: PageSet, page: int, page_size: int, path: str, what: str, found: str) -> ParseError:
+    base = 0
+    for off, n, cpu, comp in ps.where:
+        if page < base + n:
+            i = page - base
+            if comp:
+                return ParseError(path, off, f"{what} (CPU {cpu}, page {i} of the decompressed data)", found)
+            return ParseError(path, off + i * page_size, f"{what} (CPU {cpu}, page {i})", found)
+        base += n
+    return ParseError(path, None, what, found)
+
+
+def walk(ps: PageSet, page_size: int, long_size: int, big: bool, path: str) -> Records:
+    """Decode every record header of every page; returns the event records and the lost-event flags.
+
+    A page whose commit or record headers are inconsistent costs only that page: it is recorded in
+    ``Records.damage`` and its records are dropped.
+    """
+    u32 = ps.buf[: len(ps.buf) // 4 * 4].view(L.order(np.dtype("<u4"), big))
+    n = len(ps.starts)
+    hdr = 16 if long_size == 8 else 12
+    dsize = page_size - hdr
+    starts = ps.starts
+    ts = _u64_at(u32, starts, big) if n else np.zeros(0, np.uint64)
+    commit = (_u64_at(u32, starts + 8, big) if long_size == 8 else u32[(starts + 8) >> 2].astype(np.uint64)) \
+        if n else np.zeros(0, np.uint64)
+    size = (commit & np.uint64(L.COMMIT_MASK)).astype(np.int64)
+    bad = size > dsize
+    reason = {int(i): f"commit {int(size[i])} > {dsize} bytes of page data" for i in np.flatnonzero(bad)}
+    dstart = starts + hdr
+    # lost events: the count is stored after the last record when MISSING_STORED is set and there is room
+    missing = (commit & np.uint64(L.MISSING_EVENTS)) != 0
+    stored = missing & ((commit & np.uint64(L.MISSING_STORED)) != 0) & ~bad & (size + long_size <= dsize)
+    lost = np.where(missing, -1, 0).astype(np.int64)
+    if stored.any():
+        at = dstart[stored] + ((size[stored] + 3) & ~3)
+        vals = _u64_at(u32, at, big) if long_size == 8 else u32[at >> 2].astype(np.uint64)
+        lost[stored] = vals.astype(np.int64)
+    pos = np.zeros(n, np.int64)
+    active = np.flatnonzero(~bad & (size > 0))
+    out_page, out_data, out_len, out_ts = [], [], [], []
+    shift = np.uint64(L.TS_SHIFT)
+    while active.size:
+        p = active
+        off = dstart[p] + pos[p]
+        w = u32[off >> 2]
+        if big:
+            tl, delta = w >> 27, (w & 0x7FFFFFF).astype(np.uint64)
+        else:
+            tl, delta = w & 31, (w >> 5).astype(np.uint64)
+        need = (tl == 0) | (tl >= L.TYPE_PADDING)
+        room = pos[p] + 8 <= dsize
+        arr0 = np.where(need & room, u32[np.minimum((off >> 2) + 1, len(u32) - 1)], 0).astype(np.int64)
+        ext = (arr0.astype(np.uint64) << shift) + delta
+        cur = ts[p]
+        ts[p] = np.where(tl == L.TYPE_TIME_STAMP, ext | (cur & L.TS_MSB),
+                         cur + np.where(tl == L.TYPE_TIME_EXTEND, ext, delta))
+        small = (tl >= 1) & (tl <= L.TYPE_LEN_DATA_MAX)
+        dlen = np.where(small, tl.astype(np.int64) * 4, ((arr0 - 4) + 3) & ~3)
+        doff = off + np.where(small, 4, 8)
+        nxt = np.where(tl == L.TYPE_PADDING, off + 4 + arr0,
+                       np.where(tl >= L.TYPE_TIME_EXTEND, off + 8, doff + dlen))
+        is_ev = tl <= L.TYPE_LEN_DATA_MAX
+        broken = (need & ~room) | ((tl == 0) & (arr0 < 4)) | (is_ev & (doff + dlen > dstart[p] + size[p])) \
+            | ((nxt & 3) != 0)
+        if broken.any():
+            for i in p[broken]:
+                reason.setdefault(int(i), f"a record at page offset {int(pos[i]) + hdr} running past the commit "
+                                          f"({int(size[i])})")
+            bad[p[broken]] = True
+        ok = is_ev & ~broken
+        out_page.append(p[ok])
+        out_data.append(doff[ok])
+        out_len.append(dlen[ok])
+        out_ts.append(ts[p][ok])
+        pos[p] = nxt - dstart[p]
+        keep = (pos[p] < size[p]) & ~broken
+        active = p[keep]
+    page = _cat(out_page, np.int64)
+    data = _cat(out_data, np.int64)
+    length = _cat(out_len, np.int64)
+    rts = _cat(out_ts, np.uint64)
+    if reason:
+        drop = bad[page]
+        page, data, length, rts = page[~drop], data[~drop], length[~drop], rts[~drop]
+    order = np.argsort(page, kind="stable")
+    damage = [_page_error(ps, i, page_size, path, "a valid ring-buffer page", r) for i, r in sorted(reason.items())]
+    lost[bad] = 0
+    return Records(page[order], data[order], length[order].astype(np.int32), rts[order], lost, damage)
