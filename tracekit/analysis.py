@@ -384,7 +384,7 @@ def _window_events(trace: Trace, worst: pl.DataFrame) -> pl.DataFrame:
     pids = wins["pid"].unique().to_list()
     lo, hi = wins["_lo"].min(), wins["_hi"].max()
     frames: dict[str, pl.DataFrame] = {}
-    for name in trace.event_names:
+    for name in trace.frames:  # full ``system:event`` keys, as ``formats`` is keyed
         df = trace.events(name)
         if "ts" not in df.columns or "common_pid" not in df.columns or df.is_empty():
             continue
