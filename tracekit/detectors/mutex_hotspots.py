@@ -144,6 +144,20 @@ def _stats(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
             .sort(["total_ns", *keys], descending=[True] + [False] * len(keys)))
 
 
+def _names(kallsyms, addrs: pl.Series) -> pl.Series:
+    """Symbol names of ``addrs`` (null below the first symbol or for 0) as a String Series: one searchsorted and
+    one gather from the table's names, whatever string type the table stores them in."""
+    a = addrs.fill_null(0).cast(pl.UInt64).to_numpy()
+    table = np.asarray(kallsyms.addrs, dtype=np.uint64)
+    if not len(table):
+        return pl.Series([None] * len(a), dtype=pl.String)
+    idx = np.searchsorted(table, a, side="right") - 1
+    ok = (idx >= 0) & (a != 0)
+    names = pl.Series(np.asarray(kallsyms.names).astype(str), dtype=pl.String)
+    got = names.gather(np.where(ok, idx, 0))
+    return pl.select(pl.when(pl.Series(ok)).then(got)).to_series()
+
+
 def _stack_names(trace: Trace, stacks: pl.DataFrame) -> pl.Series:
     """``callers`` of kernel_stack rows, resolving ``caller`` addresses through the trace's kallsyms if needed."""
     if "callers" in stacks.columns:
@@ -151,7 +165,7 @@ def _stack_names(trace: Trace, stacks: pl.DataFrame) -> pl.Series:
     if "caller" not in stacks.columns or trace.kallsyms is None:
         return pl.Series("callers", [None] * stacks.height, dtype=pl.List(pl.String))
     flat = stacks.select(pl.int_range(pl.len()).alias("_r"), pl.col("caller")).explode("caller")
-    names = trace.kallsyms.names_of(flat["caller"].fill_null(0))
+    names = _names(trace.kallsyms, flat["caller"])
     return (flat.with_columns(names.alias("_n")).group_by("_r", maintain_order=True)
             .agg(pl.col("_n").drop_nulls())["_n"].alias("callers"))
 
@@ -276,7 +290,7 @@ def _name_hex_frames(df: pl.DataFrame, kallsyms) -> pl.DataFrame:
         return df
     flat = df.select(pl.int_range(pl.len()).alias("_r"), "callchain", "callchain_ip").explode(
         ["callchain", "callchain_ip"])
-    names = kallsyms.names_of(flat["callchain_ip"].fill_null(0))
+    names = _names(kallsyms, flat["callchain_ip"])
     fixed = pl.when(pl.col("callchain").str.contains(r"^(?:\[unknown\]|0x[0-9a-f]+|[0-9a-f]{8,})$")
                     & (pl.col("callchain_ip") >= 0xFFFF_8000_0000_0000) & pl.col("_n").is_not_null()
                     ).then(pl.col("_n")).otherwise(pl.col("callchain"))
@@ -347,6 +361,10 @@ class MutexHotspots:
                       pl.col("comm").cast(pl.String), weight.alias("w"), in_set.alias("hit"), path.alias("path"),
                       where.alias("where"), ((pl.col("ts") - t0) // bucket_ns).alias("bucket"))
         res.notes.append(f"perf: {s.height} samples of {event!r} in {tr.source}")
+        unknown = df.select(pl.col("callchain").explode().eq("[unknown]").mean()).item()
+        if unknown and unknown > 0.5:
+            res.notes.append(f"perf: {unknown:.0%} of the callchain frames are unnamed; load the perf.data with "
+                             "kallsyms=FILE of the recording host, or give a host trace.dat of the same run")
         lockw = pl.col("w").filter(pl.col("hit"))
         total_w = int(s["w"].sum())
         names = s.group_by("tid").agg(pl.col("pid").last(), pl.col("comm").last())
