@@ -29,6 +29,7 @@ from ...errors import ConfigError, ParseError, TracekitError
 from ...formats import EventFormat, builtin_formats, load_format_dir
 from ...model import LOST_SCHEMA, Trace
 from . import _lines, _plugins
+from ._invert import raw_parser
 from ._source import MAX_BYTES, check_text, lines_frame, read_bytes
 
 __all__ = ["sniff", "read"]
@@ -83,9 +84,12 @@ def _by_short_name(formats: dict[str, EventFormat]) -> dict[str, EventFormat]:
 
 
 def _ts_ns(col: str = "ts") -> pl.Expr:
+    """``secs.usecs`` (or ``secs.nsecs``) → Int64 ns; a bare integer (a counter clock such as x86-tsc, which the
+    kernel prints unconverted) is kept as it is."""
     sec = pl.col(col).str.extract(r"^(\d+)", 1).cast(pl.Int64)
     frac = pl.col(col).str.extract(r"\.(\d+)$", 1)
-    return sec * 1_000_000_000 + frac.str.pad_end(9, "0").str.slice(0, 9).cast(pl.Int64).fill_null(0)
+    return pl.when(frac.is_null()).then(sec).otherwise(
+        sec * 1_000_000_000 + frac.str.pad_end(9, "0").str.slice(0, 9).cast(pl.Int64))
 
 
 def _flag_columns(schema: dict[str, pl.DataType]) -> list[pl.Expr]:
@@ -124,6 +128,12 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
         parse_cache[key] = _info_parser(fmt, long_size)
     fields = parse_cache[key](info)
     failed = 0
+    raw_rx, raw_fields = parse_cache.setdefault(("raw", key), raw_parser(fmt, long_size))
+    raw_m = info.str.contains(raw_rx) if schema else pl.Series([False] * len(info))
+    if raw_m.any():
+        raw = pl.DataFrame({"info": info}).select(*[e.alias(n) for n, e in raw_fields(pl.col("info")).items()])
+        fields = fields.with_columns([pl.when(raw_m).then(pl.coalesce(raw[n], fields[n])).otherwise(fields[n])
+                                      .alias(n) for n in raw.columns])
     handler = _plugins.HANDLERS.get(name)
     if handler is not None:
         matched, exprs = handler(pl.col("info"), fmt, schema)
@@ -136,13 +146,13 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
         extra = [plug[n] for n in exprs if n not in fields.columns]
         if extra:
             fields = fields.with_columns(extra)
-        ok = plug["_m"]
+        ok = plug["_m"] | raw_m
     else:
-        ok = None
+        ok = raw_m
     if schema and name not in STACK_EVENTS:
         own = [c for c in schema if c in fields.columns]
         all_null = fields.select(pl.all_horizontal([pl.col(c).is_null() for c in own])).to_series()
-        bad = all_null if ok is None else (all_null & ~ok)
+        bad = all_null & ~ok
         failed = int(bad.sum())
     return pl.concat([out, fields], how="horizontal"), failed
 
@@ -155,7 +165,7 @@ def _info_parser(fmt: EventFormat, long_size: int) -> Callable[[pl.Series], pl.D
         from ._invert import info_parser
     try:
         return info_parser(fmt, long_size)
-    except TracekitError:
+    except (TracekitError, NotImplementedError):
         from ._invert import info_parser as fallback
 
         return fallback(fmt, long_size)

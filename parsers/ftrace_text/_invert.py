@@ -153,6 +153,65 @@ def unflag(expr: pl.Expr, sep: str, table: dict[str, int], dtype: pl.DataType) -
     return pl.when(expr == "").then(pl.lit(0, pl.UInt64)).when(ok).then(total).cast(dtype, wrap_numerical=True)
 
 
+def field_conversions(fmt: EventFormat) -> dict[str, str]:
+    """The printf conversion (``d``, ``u``, ``x``, ``p`` …) the print fmt applies directly to each field."""
+    text, args = split_print_fmt(fmt.print_fmt)
+    out: dict[str, str] = {}
+    argi = 0
+    for m in _CONV.finditer(text):
+        if m.group("conv") == "%":
+            continue
+        argi += (m.group("width") == "*") + (m.group("prec") == "*")
+        arg = args[argi] if argi < len(args) else ""
+        argi += 1
+        d = _DIRECT.match(arg)
+        if d:
+            out.setdefault(d.group(1), m.group("conv"))
+    return out
+
+
+def raw_parser(fmt: EventFormat, long_size: int = 8) -> tuple[str, Callable[[pl.Expr], dict[str, pl.Expr]]]:
+    """The ``name=value`` form ``trace-cmd report -R`` prints for every field: (regex, converter to field exprs).
+
+    libtraceevent prints pointers and longs as ``0x…``, other integers in the base the print fmt uses for them
+    (``rip=1000`` for a ``%llx``), char arrays as text and other arrays as ``ARRAY[b0, b1, …]`` bytes.
+    """
+    schema = fmt.schema(long_size)
+    names = list(schema)
+    convs = field_conversions(fmt)
+    def value(dt: pl.DataType) -> str:
+        if dt == pl.String:
+            return ".*?"
+        if isinstance(dt, pl.List):
+            return r"ARRAY\[[^\]]*\]|\S*"
+        return r"\S+"
+
+    rx = "^" + " ".join(f"{_esc(n)}=(?P<r{i}>{value(schema[n])})" for i, n in enumerate(names)) + r"\s*$"
+
+    def fields(info: pl.Expr) -> dict[str, pl.Expr]:
+        g = info.str.extract_groups(rx)
+        out = {}
+        for i, n in enumerate(names):
+            v, dt = g.struct.field(f"r{i}"), schema[n]
+            if dt == pl.String:
+                out[n] = v
+            elif dt.is_integer():
+                hexed = v.str.starts_with("0x") | pl.lit(convs.get(n, "d") in "xXp")
+                out[n] = pl.when(hexed).then(to_dtype(v, dt, 16)).otherwise(to_dtype(v, dt, 10))
+            elif isinstance(dt, pl.List) and dt.inner == pl.UInt8:
+                out[n] = v.str.extract(r"^ARRAY\[(.*)\]$", 1).str.split(", ").list.eval(
+                    pl.element().str.to_integer(base=16, dtype=pl.UInt8, strict=False))
+            elif isinstance(dt, pl.List) and dt.inner.is_integer():
+                size = fmt.field(n).element_size(long_size)
+                nibbles = v.str.extract(r"^ARRAY\[(.*)\]$", 1).str.replace_all(r"[ ,]", "")
+                out[n] = nibbles.str.extract_all(f"[0-9a-fA-F]{{{2 * size}}}").list.eval(
+                    pl.element().str.extract_all(r"[0-9a-fA-F]{2}").list.reverse().list.join("")
+                    .str.to_integer(base=16, dtype=pl.UInt64, strict=False)).cast(dt, strict=False)
+        return out
+
+    return rx, fields
+
+
 def info_parser(fmt: EventFormat, long_size: int = 8) -> Callable[[pl.Series], pl.DataFrame]:
     """A function turning a Series of an event's rendered text (what follows ``event:``) into a frame of its own
     fields, with the format's dtypes; fields not inverted (and rows that do not match) come out null."""

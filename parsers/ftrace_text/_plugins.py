@@ -152,7 +152,24 @@ def _kernel_stack_raw(info: pl.Expr, fmt: EventFormat, schema: dict) -> tuple[pl
     return m, out
 
 
+def _kvm_userspace_exit(info: pl.Expr, fmt: EventFormat, schema: dict) -> tuple[pl.Expr, dict[str, pl.Expr]]:
+    """``reason KVM_EXIT_IO (2)``: the kernel's nested ternary prints ``restart``/``error`` for a negative errno,
+    else the reason's name."""
+    m, get = _groups(info, r"^reason (?P<reason>\S+) \((?P<num>-?\d+)\)\s*$")
+    failed = get("reason").is_in(["restart", "error"])
+    num = get("num").str.to_integer(base=10, strict=False)
+    out: dict[str, pl.Expr] = {}
+    if "errno" in schema:
+        # the number is -errno when errno < 0, else the reason; a non-negative errno is not printed (it is 0 when
+        # KVM_RUN returns to user space normally, which is the only way it is traced)
+        out["errno"] = pl.when(failed).then(-num).otherwise(0).cast(schema["errno"], wrap_numerical=True)
+    if "reason" in schema:
+        out["reason"] = pl.when(failed).then(None).otherwise(num).cast(schema["reason"], wrap_numerical=True)
+    return m, out
+
+
 HANDLERS: dict[str, Handler] = {
+    "kvm_userspace_exit": _kvm_userspace_exit,
     "sched_switch": _sched_switch,
     "sched_wakeup": _sched_wakeup,
     "sched_wakeup_new": _sched_wakeup,

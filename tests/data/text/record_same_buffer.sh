@@ -5,6 +5,9 @@
 # kvm_tiny.c (a real KVM guest doing port writes, one MMIO access and HLT: kvm:* events), plus the function
 # tracer filtered to two functions. Run as root on a machine with tracefs and /dev/kvm:
 #   tests/data/text/record_same_buffer.sh [OUTDIR]     (default: tests/data/text/same_buffer)
+#   CLOCK=x86-tsc tests/data/text/record_same_buffer.sh tests/data/text/same_buffer_tsc
+# With trace_clock=local the text shows microseconds ROUNDED from the ring buffer's nanoseconds; with a counter
+# clock (x86-tsc) the kernel prints the raw counter, so text and trace.dat carry the very same timestamps.
 # Needs gcc, trace-cmd, zstd; TOOLS= the folder holding perf_ctx_contention.c (default ../shared/data/tools).
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -22,7 +25,7 @@ echo 0 > $T/events/enable
 echo nop > $T/current_tracer
 echo > $T/set_event_pid
 echo > $T/trace
-echo local > $T/trace_clock
+echo ${CLOCK:-local} > $T/trace_clock
 echo 8192 > $T/buffer_size_kb           # no overruns for this short run
 echo 1 > $T/events/sched/enable
 echo 1 > $T/events/irq/enable
@@ -47,6 +50,7 @@ for c in $(ls -d $T/per_cpu/cpu* | sed 's/.*cpu//'); do echo "== cpu$c"; cat $T/
 cat $T/trace > "$OUT/trace.txt"
 trace-cmd extract -o "$OUT/trace.dat" > "$OUT/extract_log.txt" 2>&1
 echo 1 > $T/options/hash-ptr
+echo local > $T/trace_clock
 echo 0 > $T/events/enable
 echo 1410 > $T/buffer_size_kb
 rm -rf "$BIN"
