@@ -95,9 +95,13 @@ def test_window_at_trace_start_and_end():
     assert pmis.filter(pl.col("window").is_null())["pmi"].n_unique() == sc.outside
 
 
-@pytest.mark.parametrize("seed", [21, 22])
-def test_lost_events_with_times(seed):
+@pytest.mark.parametrize(("seed", "where"), [(21, "lost_events"), (22, "lost_events"), (24, "tables")])
+def test_lost_events_with_times(seed, where):
     sc = build(seed, lost="timed")
+    if where == "tables":  # one row per flagged page in tables["lost_marks"], per-CPU counts in lost_events
+        marks = sc.trace.lost_events
+        sc.trace.tables["lost_marks"] = marks
+        sc.trace.lost_events = marks.group_by("cpu").agg(pl.col("lost").sum(), pl.col("lost_unknown").sum())
     out = _check(sc)
     assert 0 < out["exp"]["inconclusive"].sum() < out["exp"].height
 

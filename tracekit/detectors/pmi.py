@@ -316,13 +316,16 @@ def assign_windows(df: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
 def lost_marks(trace: Trace, presence: pl.DataFrame) -> pl.DataFrame:
     """Where events were lost: ``cpu`` (null: any CPU), ``lo``, ``hi`` (ns; null: unbounded).
 
-    ``trace.lost_events`` rows with a non-zero ``lost`` or ``lost_unknown``. When the reader gives the time of the
-    page that carried the missed-events flag (column ``ts``, the page's first event), the loss lies between the last
-    earlier event seen on that CPU (column ``prev_ts`` when given, else the last earlier event in ``presence``) and
-    ``ts``; without a time, the whole trace on that CPU is in doubt.
+    Read from ``trace.tables["lost_marks"]`` when the reader gives one row per page that carried the missed-events
+    flag (``cpu``, ``ts`` = the page's first event, optional ``prev_ts`` = the last event before it on that CPU,
+    ``lost``/``lost_unknown``), else from ``trace.lost_events`` (the same columns when present, or per-CPU counts).
+    With a time, the loss lies between ``prev_ts`` (else the last earlier event in ``presence``) and ``ts``; without
+    one, the whole trace on that CPU is in doubt.
     """
     schema = {"cpu": pl.Int32, "lo": pl.Int64, "hi": pl.Int64}
-    le = trace.lost_events
+    le = trace.tables.get("lost_marks")
+    if le is None or "ts" not in le.columns:
+        le = trace.lost_events
     if le is None or le.is_empty():
         return pl.DataFrame(schema=schema)
     cnt = [pl.col(c).fill_null(0) for c in ("lost", "lost_unknown") if c in le.columns]
