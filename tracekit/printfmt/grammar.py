@@ -1,0 +1,441 @@
+"""A pyparsing grammar of the ``print fmt:`` line of Linux trace event formats, turned into a small AST.
+
+Implements the text the kernel writes after ``print fmt:`` in ``events/<system>/<event>/format`` (Linux 6.x, as
+read by libtraceevent 1.8 ``event-parse.c``): a C string literal (adjacent literals concatenated) with printk
+conversions, then a comma-separated list of C expressions over ``REC->field``. Supported: integer and character
+literals, ``REC->f`` and ``(REC)->f``, ``f[i]``, casts to scalar and pointer types, unary ``- + ! ~``, the binary
+operators of C with C's precedence, ``?:``, ``sizeof``, calls (the ``__print_*`` / ``__get_*`` helpers and any other
+name, kept as a :class:`Call` node) whose arguments may be ``{ value, "name" }`` pairs, and GNU statement expressions
+``({ ... })`` (kept as :class:`Raw`; libtraceevent cannot evaluate them either).
+
+:func:`parse_print_fmt` returns a :class:`PrintFmt`; :func:`parse_conversions` splits its format string into literal
+text and :class:`Conversion` pieces exactly as libtraceevent's ``parse_args`` does.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+
+import pyparsing as pp
+
+from ..errors import ParseError
+
+__all__ = [
+    "Node", "Num", "Str", "Ident", "Field", "Index", "Cast", "Unary", "Binary", "Cond", "Call", "Pair", "Sizeof", "Raw",
+    "PrintFmt", "Conversion", "parse_print_fmt", "parse_expr", "parse_conversions", "unescape",
+]
+
+pp.ParserElement.enable_packrat(cache_size_limit=4096)
+
+
+# -- AST ---------------------------------------------------------------------------------------------------------------
+class Node:
+    """Base of the AST nodes (all frozen dataclasses, hashable)."""
+
+
+@dataclass(frozen=True)
+class Num(Node):
+    """An integer literal; ``text`` keeps its spelling (libtraceevent evaluates flag values from it)."""
+
+    value: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Str(Node):
+    """A string literal (adjacent literals already joined, escapes decoded)."""
+
+    value: str
+
+
+@dataclass(frozen=True)
+class Ident(Node):
+    """A bare identifier that is not a field (an enum constant such as ``HRTIMER_MODE_ABS``)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Field(Node):
+    """``REC->name``."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Index(Node):
+    """``base[index]``."""
+
+    base: Node
+    index: Node
+
+
+@dataclass(frozen=True)
+class Cast(Node):
+    """``(type)operand``; ``type`` is normalised to single spaces (``unsigned long long``, ``void *``)."""
+
+    type: str
+    operand: Node
+
+
+@dataclass(frozen=True)
+class Unary(Node):
+    op: str
+    operand: Node
+
+
+@dataclass(frozen=True)
+class Binary(Node):
+    op: str
+    left: Node
+    right: Node
+
+
+@dataclass(frozen=True)
+class Cond(Node):
+    """``test ? then : other``."""
+
+    test: Node
+    then: Node
+    other: Node
+
+
+@dataclass(frozen=True)
+class Pair(Node):
+    """``{ value, name }`` inside ``__print_symbolic`` / ``__print_flags``."""
+
+    value: Node
+    name: Node
+
+
+@dataclass(frozen=True)
+class Call(Node):
+    """``name(args…)``: a helper (``__print_symbolic``, ``__get_str`` …) or an unknown function, kept by name."""
+
+    name: str
+    args: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Sizeof(Node):
+    """``sizeof(type)`` (``type`` set) or ``sizeof(expr)``."""
+
+    type: str | None
+    operand: Node | None = None
+
+
+@dataclass(frozen=True)
+class Raw(Node):
+    """Text the grammar keeps without understanding it (a GNU statement expression ``({ … })``)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class PrintFmt:
+    """A parsed ``print fmt:`` line: the format string (escapes kept as written) and its arguments."""
+
+    fmt: str
+    args: tuple[Node, ...]
+    source: str = field(default="", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """One ``%…`` conversion of a format string, as libtraceevent's ``parse_arg_format`` reads it.
+
+    Attributes:
+        spec: the conversion text (``%08llx``, ``%ps``, ``%*s``).
+        flags: the characters among ``-+#0`` and space, in order.
+        width: the field width, ``-1`` for ``*`` (taken from an argument), None when absent.
+        precision: digits after ``.``, or None.
+        length: ``-2`` (hh) … ``2`` (ll, L), as libtraceevent's ``ls``.
+        conv: ``d i u x X o c s p``.
+        ext: for ``p``, the extension letters (``s``, ``S``, ``F``, ``I4``, ``M`` …), else "".
+    """
+
+    spec: str
+    flags: str
+    width: int | None
+    precision: int | None
+    length: int
+    conv: str
+    ext: str = ""
+
+
+# -- grammar -----------------------------------------------------------------------------------------------------------
+_TYPE_WORDS = {
+    "unsigned", "signed", "long", "int", "short", "char", "void", "bool", "_Bool", "const", "volatile",
+    "u8", "u16", "u32", "u64", "s8", "s16", "s32", "s64", "__u8", "__u16", "__u32", "__u64", "__s8", "__s16", "__s32",
+    "__s64", "size_t", "ssize_t", "pid_t", "gfp_t", "uintptr_t", "intptr_t", "loff_t", "sector_t", "ktime_t",
+    "int8_t", "int16_t", "int32_t", "int64_t", "uint8_t", "uint16_t", "uint32_t", "uint64_t", "__le16", "__le32",
+    "__le64", "__be16", "__be32", "__be64", "phys_addr_t", "dma_addr_t", "umode_t", "dev_t",
+}
+
+
+def _unescape_c(body: str) -> str:
+    out: list[str] = []
+    i = 0
+    simple = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "a": "\a", "b": "\b", "f": "\f",
+              "v": "\v", "0": "\0"}
+    while i < len(body):
+        c = body[i]
+        if c == "\\" and i + 1 < len(body):
+            n = body[i + 1]
+            m = re.match(r"[0-7]{1,3}", body[i + 1:])
+            if m and m.group(0) != "0":
+                out.append(chr(int(m.group(0), 8)))
+                i += 1 + len(m.group(0))
+                continue
+            if n == "x":
+                m = re.match(r"[0-9a-fA-F]{1,2}", body[i + 2:])
+                if m:
+                    out.append(chr(int(m.group(0), 16)))
+                    i += 2 + len(m.group(0))
+                    continue
+            out.append(simple.get(n, n))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def unescape(fmt: str) -> str:
+    """Decode the escapes of a format string the way libtraceevent's ``parse_arg_string`` does (``\\n \\t \\r
+    \\\\``, any other escaped character stands for itself)."""
+    out: list[str] = []
+    i = 0
+    while i < len(fmt):
+        c = fmt[i]
+        if c == "\\" and i + 1 < len(fmt):
+            n = fmt[i + 1]
+            out.append({"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}.get(n, n))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _int_of(text: str) -> int:
+    t = text.rstrip("uUlL")
+    if re.fullmatch(r"0[xX][0-9a-fA-F]+", t):
+        return int(t, 16)
+    if re.fullmatch(r"0[0-7]+", t):
+        return int(t, 8)
+    return int(t or "0", 10)
+
+
+
+
+def _fold_unary(tokens):
+    t = list(tokens[0])
+    node = t[-1]
+    for op in reversed(t[:-1]):
+        node = Cast(op[1], node) if isinstance(op, tuple) else Unary(op, node)
+    return node
+
+
+_PREC = {"*": 10, "/": 10, "%": 10, "+": 9, "-": 9, "<<": 8, ">>": 8, "<": 7, "<=": 7, ">": 7, ">=": 7, "==": 6,
+         "!=": 6, "&": 5, "^": 4, "|": 3, "&&": 2, "||": 1}
+
+
+def _climb(tokens):
+    """Fold ``operand (op operand)*`` by C precedence, all binary operators left associative."""
+    items = list(tokens)
+    pos = 0
+
+    def parse(min_prec: int) -> Node:
+        nonlocal pos
+        left = items[pos]
+        pos += 1
+        while pos < len(items) and _PREC[items[pos]] >= min_prec:
+            op = items[pos]
+            pos += 1
+            right = parse(_PREC[op] + 1)
+            left = Binary(op, left, right)
+        return left
+
+    return parse(0)
+
+
+def _build() -> tuple[pp.ParserElement, pp.ParserElement]:
+    LPAR, RPAR, LBRACE, RBRACE, COMMA = map(pp.Suppress, "(){},")
+    ident = pp.Regex(r"[A-Za-z_][A-Za-z0-9_]*")
+    number = pp.Regex(r"(?:0[xX][0-9a-fA-F]+|\d+)[uUlL]*").set_parse_action(lambda t: Num(_int_of(t[0]), t[0]))
+    char_lit = pp.Regex(r"'(?:\\.|[^'\\])+'").set_parse_action(lambda t: Num(ord(_unescape_c(t[0][1:-1])[:1] or "\0"),
+                                                                             t[0]))
+    one_str = pp.Regex(r'"(?:\\.|[^"\\])*"')
+    string = pp.OneOrMore(one_str).set_parse_action(lambda t: Str(_unescape_c("".join(s[1:-1] for s in t))))
+
+    type_word = pp.Regex(r"[A-Za-z_][A-Za-z0-9_]*").add_condition(
+        lambda t: t[0] in _TYPE_WORDS or t[0].endswith("_t"))
+    type_name = pp.Combine(
+        pp.Optional(pp.Keyword("const") + pp.White(" ")) +
+        ((pp.Keyword("struct") | pp.Keyword("enum") | pp.Keyword("union")) + pp.White(" ") + ident |
+         type_word + pp.ZeroOrMore(pp.Optional(pp.White(" ")) + type_word)) +
+        pp.ZeroOrMore(pp.Optional(pp.White(" ")) + pp.Literal("*")), adjacent=False)
+    type_name.set_parse_action(lambda t: " ".join(t[0].replace("*", " *").split()).replace("* *", "**"))
+
+    expr = pp.Forward()
+    pair = ((LBRACE + expr + COMMA + expr + pp.Optional(COMMA) + RBRACE).set_parse_action(lambda t: Pair(t[0], t[1]))
+            | (LBRACE + RBRACE).set_parse_action(lambda t: [None]))
+    arg = pair | expr
+    call = (ident + LPAR + pp.Group(pp.Optional(pp.DelimitedList(arg) + pp.Optional(COMMA))) + RPAR
+            ).set_parse_action(lambda t: Call(t[0], tuple(a for a in t[1] if a is not None)))
+    sizeof = (pp.Keyword("sizeof") + LPAR + (type_name + pp.FollowedBy(")") | expr) + RPAR).set_parse_action(
+        lambda t: Sizeof(t[1], None) if isinstance(t[1], str) else Sizeof(None, t[1]))
+    rec_field = ((pp.Keyword("REC") | LPAR + pp.Keyword("REC") + RPAR) + pp.Suppress("->") + ident
+                 ).set_parse_action(lambda t: Field(t[-1]))
+    stmt_expr = pp.original_text_for(pp.Literal("(") + pp.nested_expr("{", "}") + pp.Literal(")")
+                                     ).set_parse_action(lambda t: Raw(t[0]))
+    bare = ident.copy().set_parse_action(lambda t: Ident(t[0]))
+    primary = (stmt_expr | sizeof | rec_field | call | number | char_lit | string | bare
+               | (LPAR + expr + RPAR))
+    index = (pp.Suppress("[") + expr + pp.Suppress("]"))
+    postfix = (primary + pp.ZeroOrMore(index)).set_parse_action(
+        lambda t: functools.reduce(lambda b, i: Index(b, i), t[1:], t[0]))
+
+    cast_op = (LPAR + type_name + RPAR).set_parse_action(lambda t: [("cast", t[0])])
+    unary_op = cast_op | pp.Regex(r"!(?!=)|~|-(?![-=>])|\+(?![+=])")
+    unary = (pp.ZeroOrMore(unary_op) + postfix).set_parse_action(lambda t: _fold_unary([t]))
+    binop = pp.Regex(r"<<|>>|<=|>=|==|!=|&&|\|\||[*/%+\-<>&^|](?![=])")
+    chain = (unary + pp.ZeroOrMore(binop + unary)).set_parse_action(_climb)
+    cond = pp.Forward()
+    cond <<= (chain + pp.Optional(pp.Suppress("?") + expr + pp.Suppress(":") + cond)).set_parse_action(
+        lambda t: Cond(t[0], t[1], t[2]) if len(t) == 3 else t[0])
+    expr <<= cond
+
+    fmt_str = pp.OneOrMore(one_str).set_parse_action(lambda t: "".join(s[1:-1] for s in t))
+    line = (fmt_str("fmt") + pp.Group(pp.ZeroOrMore(COMMA + arg))("args") + pp.Optional(COMMA) + pp.StringEnd())
+    return line, expr + pp.StringEnd()
+
+
+_LINE, _EXPR = _build()
+
+
+@functools.lru_cache(maxsize=2048)
+def parse_print_fmt(text: str) -> PrintFmt:
+    """Parse the text after ``print fmt:``.
+
+    Args:
+        text: e.g. ``"irq=%d name=%s", REC->irq, __get_str(name)``.
+
+    Returns:
+        The format string (escapes as written) and the argument ASTs.
+
+    Raises:
+        ParseError: the text is not a string literal followed by C expressions.
+    """
+    try:
+        res = _LINE.parse_string(text.strip(), parse_all=True)
+    except pp.ParseBaseException as exc:
+        raise ParseError("print fmt", exc.loc, "a format string and C expression arguments",
+                         repr(text[exc.loc:exc.loc + 40])) from exc
+    return PrintFmt(res["fmt"], tuple(res["args"]), text)
+
+
+def parse_expr(text: str) -> Node:
+    """Parse one C expression of a print fmt argument list.
+
+    Raises:
+        ParseError: the text is not such an expression.
+    """
+    try:
+        return _EXPR.parse_string(text.strip(), parse_all=True)[0]
+    except pp.ParseBaseException as exc:
+        raise ParseError("expression", exc.loc, "a C expression", repr(text[exc.loc:exc.loc + 40])) from exc
+
+
+_CONV = re.compile(r"%(?P<body>[#hlLzZ.0-9\-+* ]*)(?P<conv>[A-Za-z%]?)")
+
+
+def _pointer_ext(rest: str) -> str:
+    """The letters after ``%p`` that libtraceevent's ``parse_arg_format_pointer`` consumes."""
+    if not rest:
+        return ""
+    c = rest[0]
+    if c in "FSfs":
+        return c
+    if c in "Mm":
+        return c + (rest[1] if len(rest) > 1 and rest[1] in "RF" else "")
+    if c in "Ii":
+        m = re.match(r"[Ii](?:S[pfs]*|4[hnbl]?|6c?)", rest)
+        return m.group(0) if m else ""
+    if c == "U":
+        m = re.match(r"U[bBlL]?", rest)
+        return m.group(0) if m else "U"
+    if c == "h":
+        m = re.match(r"h[CDN]?", rest)
+        return m.group(0) if m else "h"
+    return ""
+
+
+@functools.lru_cache(maxsize=2048)
+def parse_conversions(fmt: str) -> tuple[str | Conversion, ...]:
+    """Split a format string (escapes as written) into literal text (escapes decoded, ``%%`` → ``%``) and
+    :class:`Conversion` pieces, consuming characters as libtraceevent's ``parse_args`` does.
+
+    A ``%`` followed by a character libtraceevent does not know becomes the literal text ``>c<`` (what it prints).
+    """
+    out: list[str | Conversion] = []
+    text: list[str] = []
+    i = 0
+    n = len(fmt)
+    while i < n:
+        c = fmt[i]
+        if c == "\\" and i + 1 < n:
+            text.append({"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}.get(fmt[i + 1], fmt[i + 1]))
+            i += 2
+            continue
+        if c != "%":
+            text.append(c)
+            i += 1
+            continue
+        if fmt[i + 1:i + 2] == "%":
+            text.append("%")
+            i += 2
+            continue
+        m = _CONV.match(fmt, i)
+        body, conv = m.group("body"), m.group("conv")
+        if text:
+            out.append("".join(text))
+            text = []
+        if not conv:
+            i = m.end()
+            continue
+        if conv not in "pcduixXos":
+            out.append(f">{conv}<")
+            i = m.end()
+            continue
+        ext = _pointer_ext(fmt[m.end():]) if conv == "p" else ""
+        length = 0
+        for ch in body:
+            if ch == "h":
+                length -= 1
+            elif ch == "l":
+                length += 1
+            elif ch == "L":
+                length = 2
+            elif ch in "zZ":
+                length = 1
+        flags = "".join(ch for ch in re.match(r"[-+#0 ]*", body).group(0))
+        wm = re.search(r"(\*|\d+)(?:\.(\d*))?", body[len(flags):])
+        width: int | None = None
+        precision: int | None = None
+        if wm:
+            width = -1 if wm.group(1) == "*" else int(wm.group(1))
+            if wm.group(2) is not None:
+                precision = int(wm.group(2) or 0)
+        else:
+            pm = re.search(r"\.(\d*)", body)
+            if pm:
+                precision = int(pm.group(1) or 0)
+        out.append(Conversion(fmt[i:m.end() + len(ext)], flags, width, precision, length, conv, ext))
+        i = m.end() + len(ext)
+    if text:
+        out.append("".join(text))
+    return tuple(out)

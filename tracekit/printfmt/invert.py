@@ -1,0 +1,3 @@
+"""(being written)"""
+def info_parser(fmt, long_size=8):
+    raise NotImplementedError
