@@ -134,6 +134,24 @@ def _paths(chain: pl.Expr, set_re: str, internal_re: str, callers: int) -> tuple
     return in_set, path, where
 
 
+def _with_paths(df: pl.DataFrame, col: str, set_re: str, internal_re: str, callers: int,
+                strip_tracing: bool = False) -> pl.DataFrame:
+    """``df`` plus ``_hit``, ``_path``, ``_where`` for the frame lists in ``col``, each distinct list computed once
+    (stacks and callchains repeat: a few hundred distinct ones among millions of rows)."""
+    key = pl.col(col).list.join("\x1f").fill_null("")
+    keyed = df.with_columns(key.alias("_key"))
+    uniq = keyed.select("_key", col).unique("_key")
+    chain = pl.col(col)
+    if strip_tracing:
+        chain = chain.list.eval(pl.element().filter(~pl.element().str.contains(_TRACING)))
+    uniq = uniq.with_columns(chain.fill_null(pl.lit([], dtype=pl.List(pl.String))).alias("_c"))
+    hit, path, where = _paths(pl.col("_c"), set_re, internal_re, callers)
+    other = pl.when(pl.col("_c").list.len() > 0).then(pl.col("_c").list.head(3).list.reverse().list.join(_ARROW))
+    uniq = uniq.select("_key", hit.alias("_hit"), pl.when(hit).then(path).otherwise(other).alias("_path"),
+                       where.alias("_where"), pl.when(hit).then(path).alias("_set_path"))
+    return keyed.join(uniq, on="_key", how="left").drop("_key")
+
+
 def _stats(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     w = pl.col("wait_ns")
     return (df.group_by(keys)
@@ -228,12 +246,9 @@ def contention_waits(trace: Trace, set_re: str, internal_re: str, callers: int =
         pairs = (fwd.join(back, left_on=["ts", "st_ts", "cpu", "pid"], right_on=["ev_ts", "st_ts", "cpu", "pid"],
                           how="semi").select("ts", "cpu", "pid", "stack").unique(["ts", "cpu", "pid"]))
         w = w.join(pairs, on=["ts", "cpu", "pid"], how="left")
-        clean = pl.col("stack").list.eval(pl.element().filter(~pl.element().str.contains(_TRACING)))
-        w = w.with_columns(clean.alias("stack"))
-        hit, set_path, _ = _paths(pl.col("stack"), set_re, internal_re, callers)
-        other = pl.col("stack").list.head(3).list.reverse().list.join(_ARROW)
-        in_set = hit
-        path = pl.when(hit).then(set_path).otherwise(pl.when(pl.col("stack").list.len() > 0).then(other))
+        w = _with_paths(w, "stack", set_re, internal_re, callers, strip_tracing=True)
+        in_set = pl.col("_hit")
+        path = pl.col("_path")
     else:
         w = w.with_columns(pl.lit(None, pl.List(pl.String)).alias("stack"))
     w = w.with_columns(wait_ns=pl.col("end_ts") - pl.col("ts"), kind=lock_kind(pl.col("flags")),
@@ -354,7 +369,8 @@ class MutexHotspots:
     # -- perf samples --------------------------------------------------------------------------------------------
     def _perf(self, perf, cfg, set_re, int_re, bucket_ns, parts, res) -> None:
         tr, event, df = perf
-        in_set, path, where = _paths(pl.col("callchain"), set_re, int_re, int(cfg["path_callers"]))
+        df = _with_paths(df, "callchain", set_re, int_re, int(cfg["path_callers"]))
+        in_set, path, where = pl.col("_hit"), pl.col("_set_path"), pl.col("_where")
         weight = pl.col("period").cast(pl.Int64) if "period" in df.columns else pl.lit(1, pl.Int64)
         t0 = int(df["ts"].min())
         s = df.select(pl.col("ts").cast(pl.Int64), pl.col("pid").cast(pl.Int32), pl.col("tid").cast(pl.Int32),
