@@ -167,3 +167,34 @@ def test_subprocess_analyze_bundled_sample(tmp_path):
     assert doc["multi_pmi_exits"], "the sample holds double-PMI exits"
     p = _run("analyze", "--fail-on", "error", "-o", str(tmp_path / "x"), cwd=tmp_path)
     assert p.returncode == 1, p.stderr
+
+
+def test_shell_completion_script(tmp_path):
+    p = subprocess.run([sys.executable, "-c", "import sys; sys.argv[0] = 'tracekit'; from tracekit.cli import main; "
+                        "main()", "--show-completion", "bash"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "complete" in p.stdout and "_TRACEKIT_COMPLETE" in p.stdout.upper()
+
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_real_host_trace_and_guest_perf(tmp_path):
+    """A real trace.dat cut (lock contention) on the host side, a real perf.data as guest input: the hotspot rule runs,
+    the KVM rules say what to record, the guest input is listed as such."""
+    host = DATA / "hotspots" / "contention_cut.dat"
+    guest = DATA / "perf" / "host-contention.perf.data"
+    if not host.is_file() or not guest.is_file():
+        pytest.skip("real data cuts not present in tests/data")
+    out = tmp_path / "r"
+    res = runner.invoke(app, ["analyze", str(host), "--guest", str(guest), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "findings.json").read_text())
+    jsonschema.validate(doc, schema())
+    assert [(i["side"], i["format"]) for i in doc["inputs"]] == [("host", "trace.dat"), ("guest", "perf.data")]
+    ran = {r["rule"]: r for r in doc["rules"]}
+    assert ran["mutex-hotspots"]["ran"]
+    assert not ran["multi-pmi-per-exit"]["ran"] and "kvm_exit" in " ".join(ran["multi-pmi-per-exit"]["missing"])
+    assert "trace-cmd record" in ran["multi-pmi-per-exit"]["record_hint"]
+    html = (out / "report.html").read_text()
+    assert "What to record for the rules that could not run" in html and "kprobe_events" in html
