@@ -186,9 +186,31 @@ def _learn_vcpu(frames: dict[str, pl.DataFrame]) -> None:
     dt = exits.schema["vcpu_id"]
     exits = exits.sort("line_no")
     for strategy in ("backward", "forward"):
-        j = exits.join_asof(entries, on="line_no", by="common_pid", strategy=strategy)
+        j = exits.join_asof(entries, on="line_no", by="common_pid", strategy=strategy, check_sortedness=False)
         exits = exits.with_columns(pl.coalesce(pl.col("vcpu_id"), j["_v"].cast(dt)).alias("vcpu_id"))
     frames[ex] = exits
+
+
+def _resolve_function_names(frames: dict[str, pl.DataFrame], kallsyms) -> None:
+    """Function events printed by name: ``ip`` / ``parent_ip`` become the symbol's start address (the text drops
+    the offset into the function), so they resolve back to the same name."""
+    key = next((k for k in frames if k.rsplit(":", 1)[-1] == "function"), None)
+    if key is None:
+        return
+    df = frames[key]
+    for field in ("ip", "parent_ip"):
+        sym = f"{field}_sym"
+        if sym not in df.columns or field not in df.columns:
+            continue
+        names = [n for n in df[sym].drop_nulls().unique().to_list()]
+        addrs = [kallsyms.address_of(n) for n in names]
+        known = [(n, a) for n, a in zip(names, addrs, strict=True) if a is not None]
+        if not known:
+            continue
+        start = df[sym].replace_strict([n for n, _ in known], [a for _, a in known], default=None,
+                                       return_dtype=pl.UInt64)
+        df = df.with_columns(pl.coalesce(pl.col(field), start.cast(df.schema[field])).alias(field))
+    frames[key] = df
 
 
 def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int], None] | None = None,
@@ -261,6 +283,8 @@ def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int]
                                      repr(rows.filter(pl.col("line_no") == bad_line)["info"][0][:80])))
         frames[fmt.full_name if fmt else name] = frame
     _learn_vcpu(frames)
+    if kallsyms is not None:
+        _resolve_function_names(frames, kallsyms)
     frames = {k: v.sort("line_no").drop("line_no") for k, v in frames.items()}
     step(4)
     unparsed = pl.concat([df.filter(pl.col("kind") == "unparsed").select("line_no", "line"), orphans]) \

@@ -8,9 +8,11 @@ expression}); rows that do not match fall back to the print-fmt inversion. Forms
   letters ``SDTtZXxW`` stand for bits 0..7 and it drops the preempted ``+`` bit), and the kernel's own
   ``prev_comm=… prev_state=S+ ==> …`` whose ``__print_flags`` + ternary needs the format's state table;
 - ``sched_wakeup`` / ``sched_wakeup_new``: ``comm:pid [prio] CPU:NNN`` (optionally `` success=N``);
-- ``kvm_exit``: ``reason NAME rip 0xADDR info INFO1 INFO2`` (no vcpu: learnt from the thread's kvm_entry later);
+- ``kvm_exit``: ``reason NAME rip 0xADDR info INFO1 INFO2`` (no vcpu: learnt from the thread's kvm_entry later; the
+  plugin's names, e.g. SVM ``EXIT_IOIO``, come from :mod:`._kvm_reasons`, derived from trace-cmd itself);
+- ``kvm_entry``: ``vcpu N rip 0xADDR``;
 - ``kvm_emulate_insn``: ``csbase:rip: bytes`` (plugin) or ``csbase:rip:bytes (mode)`` (kernel);
-- ``function``: ``func <-- parent`` (plugin) or ``func <-parent`` (tracefs function tracer); names land in String
+- ``function``: ``func`` or ``func <-- parent`` (plugin), ``ip=func parent_ip=parent`` (``-R``) or ``func <-parent`` (tracefs function tracer); names land in String
   columns ``ip_sym`` / ``parent_ip_sym``, hex addresses in ``ip`` / ``parent_ip``;
 - ``kernel_stack`` raw (``-R``): ``size=N caller=ARRAY[bytes]`` (trace-cmd prints only the first 8 words).
 """
@@ -23,6 +25,7 @@ from collections.abc import Callable
 import polars as pl
 
 from ...formats import EventFormat
+from . import _kvm_reasons
 from ._invert import symbol_table, to_dtype, unflag
 
 Handler = Callable[[pl.Expr, EventFormat, dict], tuple[pl.Expr, dict[str, pl.Expr]]]
@@ -90,7 +93,9 @@ def _kvm_exit(info: pl.Expr, fmt: EventFormat, schema: dict) -> tuple[pl.Expr, d
           r"(?: info (?P<info1>[0-9a-fA-F]+) (?P<info2>[0-9a-fA-F]+))?\s*$")
     m, get = _groups(info, rx)
     out = _ints(get, schema, ("guest_rip", "info1", "info2"), 16)
-    vmx, svm = _exit_tables(fmt)
+    fvmx, fsvm = _exit_tables(fmt)
+    vmx = {**fvmx, **_kvm_reasons.VMX}   # the plugin's own names win over the format's
+    svm = {**fsvm, **_kvm_reasons.SVM}
     reason = get("reason")
     unknown = reason.str.extract(r"^UNKNOWN \((\d+)\)$", 1)
     in_vmx = reason.is_in(list(vmx))
@@ -101,7 +106,14 @@ def _kvm_exit(info: pl.Expr, fmt: EventFormat, schema: dict) -> tuple[pl.Expr, d
         num = pl.coalesce(vmx_v, svm_v, unknown.str.to_integer(base=10, strict=False))
         out["exit_reason"] = num.cast(schema["exit_reason"], wrap_numerical=True)
     if "isa" in schema:
+        # KVM_ISA_VMX = 1, KVM_ISA_SVM = 2; the plugin does not print it, the name tells
         out["isa"] = pl.when(in_vmx).then(1).when(in_svm).then(2).otherwise(None).cast(schema["isa"])
+    return m, out
+
+
+def _kvm_entry(info: pl.Expr, fmt: EventFormat, schema: dict) -> tuple[pl.Expr, dict[str, pl.Expr]]:
+    m, get = _groups(info, r"^vcpu (?P<vcpu_id>\d+) rip 0x(?P<rip>[0-9a-fA-F]+)\s*$")
+    out = _ints(get, schema, ("vcpu_id",)) | _ints(get, schema, ("rip",), 16)
     return m, out
 
 
@@ -126,7 +138,7 @@ def _kvm_emulate_insn(info: pl.Expr, fmt: EventFormat, schema: dict) -> tuple[pl
 
 
 def _function(info: pl.Expr, fmt: EventFormat, schema: dict) -> tuple[pl.Expr, dict[str, pl.Expr]]:
-    rx = r"^\s*(?P<ip>\S+)\s+<--?\s*(?P<parent>\S+)\s*$"
+    rx = r"^\s*(?:ip=)?(?P<ip>[^\s=]+)(?:\s+(?:<--?\s*|parent_ip=)(?P<parent>\S+))?(?:\s+args=ARRAY\[[^\]]*\])?\s*$"
     m, get = _groups(info, rx)
     out: dict[str, pl.Expr] = {}
     for tok, field in (("ip", "ip"), ("parent", "parent_ip")):
@@ -174,6 +186,7 @@ HANDLERS: dict[str, Handler] = {
     "sched_wakeup": _sched_wakeup,
     "sched_wakeup_new": _sched_wakeup,
     "kvm_exit": _kvm_exit,
+    "kvm_entry": _kvm_entry,
     "kvm_emulate_insn": _kvm_emulate_insn,
     "function": _function,
     "kernel_stack": _kernel_stack_raw,
