@@ -163,3 +163,13 @@ def test_waits_consistent_with_perf_lock_contention(cut):
     assert avg["perf_ioctl"] > avg["perf_read"] and avg_ours["perf_ioctl"] > avg_ours["perf_read"]
     by_lock = res.frames["waits_by_lock"]
     assert by_lock["kind"][0] == "mutex" and by_lock["total_ns"][0] > 0.99 * by_lock["total_ns"].sum()
+
+
+def test_perf_script_text_gives_the_same_share():
+    """The ``perf script`` text of the same perf.data names kernel frames itself (made on the recording host)."""
+    text = _load(TESTS / "data" / "hotspots" / "perf_script.txt.zst", "perf script")
+    res = MutexHotspots().run(Inputs(host=(text,)), {})
+    want = _children_percent(_zst_text(GOLDEN / "perf_report_children.txt.zst"), SET_RE)
+    row = res.frames["hotspots"].row(0, named=True)
+    assert row["share"] * 100 == pytest.approx(want, abs=0.2)
+    assert [p["path"] for p in row["top_paths"][:2]] == [IOCTL, READ]

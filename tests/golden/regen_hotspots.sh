@@ -5,6 +5,7 @@
 #   tests/data/hotspots/contention_cut.dat   `trace-cmd split` of ../shared/data/host-contention/trace_v7_zstd.dat,
 #                                            3553.70-3553.78 s (80 ms, ~20k contention waits, kernel stacks, kallsyms)
 #   tests/data/perf/host-contention.perf.data   that run's `perf record -a -g -e cpu-clock` (copied as is)
+#   tests/data/hotspots/perf_script.txt.zst     `perf script` of it on the recording host (copied as is)
 #
 #   perf_report_children.txt.zst  `perf report --children --sort sym -g none` of the perf.data, kernel symbols from
 #                                 the kallsyms of the same run (the trace carries them; this kernel differs)
@@ -28,10 +29,12 @@ if [ ! -f "$data/contention_cut.dat" ]; then
   mv "$tmp/cut.dat.1" "$data/contention_cut.dat"
 fi
 [ -f "$perf_data" ] || cp "$SHARED/host-contention/perf.data" "$perf_data"
+# `perf script` text of the same perf.data, made on the recording host (kernel frames named there)
+[ -f "$data/perf_script.txt.zst" ] || cp "$SHARED/host-contention/perf_script.txt.zst" "$data/perf_script.txt.zst"
 
 trace-cmd dump --kallsyms -i "$data/contention_cut.dat" 2>/dev/null | grep -E '^[0-9a-f]{8,16} ' > "$tmp/kallsyms"
 perf report --children --stdio --kallsyms="$tmp/kallsyms" -i "$perf_data" --sort sym -g none 2>/dev/null \
-  | zstd -q -19 -f -o "$out/perf_report_children.txt.zst"
+  | grep -v '^# (Tip:' | zstd -q -19 -f -o "$out/perf_report_children.txt.zst"
 
 trace-cmd report -t -i "$data/contention_cut.dat" 2>/dev/null | python3 -c '
 import re, sys
