@@ -254,3 +254,25 @@ def test_contention_rule_frames():
     assert th[10]["total"] == 900 - 50
     hs = res.frames["hotspots"].row(0, named=True)
     assert hs["samples"] == 3 and hs["total_samples"] == 4
+
+
+def test_degenerate_inputs_never_raise():
+    tr = contention_trace()
+    names = ("lock:contention_begin", "lock:contention_end", "ftrace:kernel_stack")
+    empty = Trace(source="e", format="trace.dat", frames={k: tr.events(k).clear() for k in names})
+    res = run(empty)
+    assert not res.ran and res.missing and "hold no event" in res.notes[0]
+    bare = Trace(source="b", format="trace.dat", frames={k: tr.events(k) for k in names[:2]})
+    res = run(bare)
+    assert res.ran and res.frames["waits"].height == 4 and res.frames["hotspots"]["samples"][0] == 0
+    assert any("kernel_stack" in n for n in res.notes)
+    one = Trace(source="o", format="trace.dat", frames={names[0]: tr.events(names[0]).head(1),
+                                                       names[1]: tr.events(names[1]).tail(1)})
+    res = run(one)
+    assert res.ran and res.frames["waits"].is_empty() and res.frames["hotspots"]["share"][0] == 0.0
+    df, idx = periodic_samples(4.0, 1.0, duration_s=1.0)
+    assert not run(perf_trace(df.clear())).ran
+    no_period = run(perf_trace(df.with_columns(period=pl.lit(None, pl.UInt64))))
+    assert no_period.frames["hotspots"]["share"][0] == pytest.approx(IN_SET[idx].mean())
+    no_chain = run(perf_trace(df.with_columns(callchain=pl.lit(None, pl.List(pl.String)))))
+    assert no_chain.frames["hotspots"]["share"][0] == 0.0

@@ -346,11 +346,14 @@ class MutexHotspots:
         set_re, int_re = symbol_pattern(cfg["symbols"]), symbol_pattern(cfg["internals"])
         bucket_ns = max(1, int(round(float(cfg["bucket_s"]) * 1e9)))
         res = RuleResult(rule=self.name, ran=False, record_hint=self.record_hint)
-        dat = [t for t in inputs.host if t.has("contention_begin") and t.has("contention_end")]
+        both = [t for t in inputs.host if t.has("contention_begin") and t.has("contention_end")]
+        dat = [t for t in both if t.events("contention_begin").height and t.events("contention_end").height]
         ksyms = next((t.kallsyms for t in inputs.host if t.kallsyms is not None and len(t.kallsyms)), None)
         perf = _perf_samples(inputs, ksyms)
         if perf is None and not dat:
             res.missing = ["perf samples with callchains (perf record -g) | lock:contention_begin+contention_end"]
+            if both:
+                res.notes.append("lock:contention_begin/end are in the trace but hold no event")
             return res
         res.ran = True
         parts: dict[str, list[pl.DataFrame]] = {}
@@ -371,7 +374,8 @@ class MutexHotspots:
         tr, event, df = perf
         df = _with_paths(df, "callchain", set_re, int_re, int(cfg["path_callers"]))
         in_set, path, where = pl.col("_hit"), pl.col("_set_path"), pl.col("_where")
-        weight = pl.col("period").cast(pl.Int64) if "period" in df.columns else pl.lit(1, pl.Int64)
+        # without a period (or with none recorded) every sample weighs one
+        weight = pl.col("period").cast(pl.Int64).fill_null(1) if "period" in df.columns else pl.lit(1, pl.Int64)
         t0 = int(df["ts"].min())
         s = df.select(pl.col("ts").cast(pl.Int64), pl.col("pid").cast(pl.Int32), pl.col("tid").cast(pl.Int32),
                       pl.col("comm").cast(pl.String), weight.alias("w"), in_set.alias("hit"), path.alias("path"),
@@ -419,6 +423,9 @@ class MutexHotspots:
         waits, counts = contention_waits(tr, set_re, int_re, int(cfg["path_callers"]))
         res.notes.append(f"contention: {waits.height} waits in {tr.source}; " + ", ".join(
             f"{k} {v}" for k, v in counts.items()))
+        if not tr.has("kernel_stack"):
+            res.notes.append("contention: no ftrace:kernel_stack in the trace, so no wait can be tied to "
+                             f"{cfg['label']}; record with -O stacktrace (echo 1 > options/stacktrace)")
         parts.setdefault("waits", []).append(waits)
         parts.setdefault("waits_by_lock", []).append(_stats(waits, ["lock_addr", "kind"]))
         parts.setdefault("waits_by_path", []).append(_stats(waits.with_columns(pl.col("path").fill_null("?")),
