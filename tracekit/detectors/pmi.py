@@ -426,6 +426,54 @@ def _unify(ev: pl.DataFrame) -> pl.DataFrame:
     return ev.with_columns(new.alias("new")).drop("_ps", "_pk", "_i", "_pos")
 
 
+def _queued_injections(ev: pl.DataFrame, windows: pl.DataFrame, lvtpc: pl.DataFrame) -> pl.Series:
+    """Per route event (rows of ``ev``): True for an NMI injection that serves a PMI delivered in an EARLIER window.
+
+    KVM injects one NMI per entry; a second pending NMI waits for an NMI-window exit, so its ``kvm_inj_nmi`` shows
+    in a later window — where it is a PMI of its own, not the injection of that window's delivery. NMI deliveries
+    (PMIs seen at stage 0/1 whose LVTPC is in NMI mode) and injections are matched first in, first out per thread:
+    the queue length is a running sum of +1/-1 reflected at 0 (a trace may start with NMIs pending); an injection is
+    an earlier window's when the queue held more PMIs at the window's start than injections made in it so far.
+    """
+    is_inj = pl.col("kind") == 4
+    flags = pl.Series("old", [False] * ev.height, dtype=pl.Boolean)
+    if ev.is_empty() or not ev.select(is_inj.any()).item() or not ev.select((pl.col("stage") <= 1).any()).item():
+        return flags
+    ev = ev.with_row_index("_row")
+    d = _unify(ev.filter(pl.col("stage") <= 1))
+    d = d.with_columns(pl.col("new").cum_sum().alias("_d"))
+    dl = d.group_by("_d").agg(pl.col("ts").first(), pl.col("pid").first(), (pl.col("kind") == 3).any().alias("fx"),
+                              (pl.col("kind") == 2).any().alias("nmi"))
+    if not lvtpc.is_empty():  # a delivery seen only at stage 0 is an NMI unless the thread's LVTPC is in Fixed mode
+        w = lvtpc.sort("ts").select("ts", "pid", pl.col("val").alias("lvt"))
+        dl = dl.sort("ts")
+        back = dl.join_asof(w, on="ts", by="pid", strategy="backward", check_sortedness=False)
+        fwd = dl.join_asof(w, on="ts", by="pid", strategy="forward", check_sortedness=False)
+        mode = ((back["lvt"].fill_null(fwd["lvt"]) // 256) % 8).alias("mode")
+        dl = back.with_columns(mode).with_columns(
+            pl.col("fx") | (~pl.col("nmi") & (pl.col("mode") == DM_FIXED).fill_null(False)))
+    deliveries = dl.filter(~pl.col("fx")).select("pid", "ts", pl.lit(1, pl.Int64).alias("step"),
+                                                 pl.lit(None, pl.UInt32).alias("_row"))
+    injections = ev.filter(is_inj).select("pid", "ts", pl.lit(-1, pl.Int64).alias("step"), "_row")
+    walk = pl.concat([deliveries, injections]).sort(["pid", "ts", "step"], descending=[False, False, True])
+    walk = walk.with_columns(pl.col("step").cum_sum().over("pid").alias("_s"))
+    walk = walk.with_columns((pl.col("_s") - pl.min_horizontal(pl.lit(0), pl.col("_s").cum_min().over("pid")))
+                             .alias("queue"))
+    start = (windows.select(pl.col("window").cast(pl.UInt32), "pid", "exit_ts").sort("exit_ts")
+             .join_asof(walk.select("pid", pl.col("ts").alias("_wts"), "queue").sort("_wts"), left_on="exit_ts",
+                        right_on="_wts", by="pid", strategy="backward", allow_exact_matches=False,
+                        check_sortedness=False)
+             .select("window", pl.col("queue").fill_null(0).alias("at_start")))
+    inj = (ev.filter(is_inj & pl.col("window").is_not_null()).select("_row", "window", "ts")
+           .sort(["window", "ts", "_row"])
+           .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"))
+           .with_columns((pl.col("_i") - pl.col("_i").min().over("window")).alias("k"))
+           .join(start, on="window", how="left"))
+    old_rows = inj.filter(pl.col("at_start").fill_null(0) - pl.col("k") > 0)["_row"]
+    flags[old_rows.to_numpy().astype("int64")] = True
+    return flags
+
+
 def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple[str, ...] | None = None
                  ) -> PmiAnalysis:
     """Find every synthesized PMI in ``trace`` and count them per VM-exit window.
@@ -482,7 +530,9 @@ def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple
              .otherwise(-(pl.col("gap") + 2) * (1 << 32) - pl.col("pid").cast(pl.Int64)))
     ev = (ev.with_columns(route_of.alias("route"), stage_of.alias("stage"), group.alias("group"))
           .sort(["group", "ts", "stage", "kind", "seq"]))
-    ev = _unify(ev)
+    old = _queued_injections(ev, windows, _lvtpc_writes(trace))
+    ev = pl.concat([_unify(ev.filter(~old)), ev.filter(old).with_columns(pl.lit(True).alias("new"))],
+                   how="diagonal_relaxed").sort(["group", "ts", "stage", "kind", "seq"])
     ev = ev.with_columns((pl.col("new").cum_sum() - 1).cast(pl.UInt32).alias("pmi"))
 
     per = (ev.filter(pl.col("window").is_not_null())
