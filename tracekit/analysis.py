@@ -197,6 +197,8 @@ def analyze(paths_or_traces: Any, *, guest: Any = (), only: str | Iterable[str] 
     inputs = Inputs(host=host, guest=guests)
     results: dict[str, RuleResult] = {}
     for i, (name, det) in enumerate(sorted(detectors.items())):
+        if progress:
+            progress(f"rule {name}", i, len(detectors))
         if not cfg.enabled(name):
             results[name] = RuleResult(rule=name, ran=False, notes=["disabled by the rules configuration"])
         else:

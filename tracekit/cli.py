@@ -127,7 +127,7 @@ def _analysis_progress(paths: list[Path]):
     """A rich progress context and callback for :func:`tracekit.analyze`, or (None, None) for small inputs or when
     stderr is not a terminal."""
     size = sum(p.stat().st_size if p.is_file() else 0 for p in paths)
-    if size < 16 << 20 or not err.is_terminal:
+    if size < 4 << 20 or not err.is_terminal:  # a 4 MiB zstd trace.dat already holds ~1M events
         return None, None
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
                    TimeRemainingColumn(), console=err, transient=True)
