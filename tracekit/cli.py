@@ -259,16 +259,15 @@ def convert(path: Path = typer.Argument(..., help="trace.dat, perf.data, perf sc
     try:
         tr = load_with_progress(path)
         output.mkdir(parents=True, exist_ok=True)
-        names = tr.event_names
+        names = list(tr.frames)  # full ``system:event`` keys
         rows = 0
-        for name in names:
-            key = tr._key(name)
+        for key in names:
             system, _, event = key.rpartition(":")
             parts = [p for p in (system, event) if p]
             safe = ["".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in p) for p in parts]
             dest = output.joinpath(*safe[:-1], safe[-1] + ".parquet")
             dest.parent.mkdir(parents=True, exist_ok=True)
-            df = tr.events(name)
+            df = tr.events(key)
             df.write_parquet(dest)
             rows += df.height
         meta = tr.summary()
