@@ -131,6 +131,39 @@ def flag_value(node: Node) -> int:
     return _KNOWN_FLAGS.get(text, -1)
 
 
+def _fold(n: Node) -> int | None:
+    """The unsigned 64-bit value of a subtree without fields (as ``eval_num_arg`` computes it), else None."""
+    if isinstance(n, Num):
+        return _c_strtoll(n.text) & _M64
+    if isinstance(n, (Ident, Str)):
+        return 0
+    if isinstance(n, Cast):
+        v = _fold(n.operand)
+        return None if v is None else _cast_value(n.type, v)
+    if isinstance(n, Unary):
+        v = _fold(n.operand)
+        if v is None:
+            return None
+        return {"-": (-v) & _M64, "+": v, "~": (~v) & _M64, "!": int(v == 0)}.get(n.op)
+    if isinstance(n, Binary):
+        a, b = _fold(n.left), _fold(n.right)
+        if a is None or b is None:
+            return None
+        op = n.op
+        if op in ("/", "%"):
+            return 0 if b == 0 else (a // b if op == "/" else a % b)
+        r = {"|": a | b, "&": a & b, "^": a ^ b, "+": a + b, "-": a - b, "*": a * b, "<<": a << (b & 63),
+             ">>": a >> (b & 63), "<": int(a < b), "<=": int(a <= b), ">": int(a > b), ">=": int(a >= b),
+             "==": int(a == b), "!=": int(a != b), "&&": int(bool(a and b)), "||": int(bool(a or b))}.get(op)
+        return None if r is None else r & _M64
+    if isinstance(n, Cond):
+        t = _fold(n.test)
+        if t is None:
+            return None
+        return _fold(n.then if t else n.other)
+    return None
+
+
 def _cast_value(ctype: str, v: int) -> int:
     t = ctype.strip()
     if t.endswith("*") or t.startswith("struct"):
@@ -207,6 +240,11 @@ class FuncTable:
         """(found mask, names as a String Series — null where not found —, offsets) of addresses ``a``."""
         n = len(self.addrs)
         a = np.asarray(a, dtype=np.uint64)
+        if len(a) > 64:
+            uniq, inv = np.unique(a, return_inverse=True)
+            if len(uniq) < len(a) // 2:
+                f, nm, off = self.lookup(uniq)
+                return f[inv], nm.gather(pl.Series(inv.ravel(), dtype=pl.UInt32)), off[inv]
         if not n:
             return np.zeros(len(a), bool), pl.Series([None] * len(a), dtype=pl.String), np.zeros(len(a), np.uint64)
         if self._names is None:
@@ -330,6 +368,9 @@ class Compiler:
 
     def num(self, n: Node) -> pl.Expr:
         """The UInt64 value libtraceevent's ``eval_num_arg`` gives node ``n``."""
+        const = _fold(n)
+        if const is not None:
+            return pl.lit(const, U64)
         if isinstance(n, Num):
             return pl.lit(_c_strtoll(n.text) & _M64, U64)
         if isinstance(n, (Ident, Str, Raw, Pair)):
@@ -590,25 +631,33 @@ class Compiler:
         v = self.num(n.args[0])
         delim_node = n.args[1] if len(n.args) > 1 else Str("")
         delim = delim_node.value if isinstance(delim_node, Str) else ""
-        rem = v
-        stopped = pl.lit(False)
-        pieces: list[pl.Expr] = []
-        for val, name in self.table(n):
-            text = pl.lit(self._fmt_py(name, conv), pl.String)
-            if val < 0:
-                hit = ~stopped & (rem == 0)
-                pieces.append(pl.when(hit).then(text))
-                stopped = stopped | hit
-                continue
-            if val == 0:
-                continue
-            f = pl.lit(val & _M64, U64)
-            hit = ~stopped & ((rem & f) == f)
-            pieces.append(pl.when(hit).then(text))
-            rem = pl.when(hit).then(rem & ~f).otherwise(rem)
-        rest = pl.when(rem != 0).then(pl.lit("0x", pl.String) + hex_expr(rem))
-        pieces.append(rest)
-        return pl.concat_str(pieces, separator=delim, ignore_nulls=True)
+        table = [(val, self._fmt_py(name, conv)) for val, name in self.table(n)]
+
+        def f(s: pl.Series) -> pl.Series:
+            rem = s.fill_null(0).to_numpy().astype(np.uint64)
+            stopped = np.zeros(len(rem), dtype=bool)
+            pieces: list[pl.Expr] = []
+            for val, name in table:
+                if val == 0:
+                    continue
+                if val < 0:
+                    hit = ~stopped & (rem == 0)
+                    stopped |= hit
+                else:
+                    fv = np.uint64(val & _M64)
+                    hit = ~stopped & ((rem & fv) == fv)
+                    rem = np.where(hit, rem & ~fv, rem)
+                if hit.any():
+                    pieces.append(pl.when(pl.Series(hit)).then(pl.lit(name, pl.String)))
+            left = rem != 0
+            if left.any():
+                hx = pl.Series(_hex_np(rem), dtype=pl.Binary).cast(pl.String).str.strip_chars_start("0")
+                pieces.append(pl.when(pl.Series(left)).then(pl.lit("0x") + hx))
+            if not pieces:
+                return pl.Series([""] * len(rem), dtype=pl.String)
+            return pl.select(pl.concat_str(pieces, separator=delim, ignore_nulls=True)).to_series()
+
+        return v.map_batches(f, return_dtype=pl.String)
 
     # -- conversions ---------------------------------------------------------------------------------------------
     def number(self, conv: Conversion, n: Node, width: pl.Expr | None = None) -> pl.Expr:
