@@ -40,6 +40,7 @@ _SNIFF_EVENT = re.compile(
 _SNIFF_HEADER = re.compile(r"^(?:[ \t]*>)*[ \t]*(?:# tracer: \S+|cpus=\d+\s*$)", re.M)
 
 STACK_EVENTS = ("kernel_stack", "user_stack")
+_RESERVED = ("ts", "cpu", "buffer")
 
 #: flag characters of the irq-flags column (kernel/trace/trace_output.c, trace_print_lat_fmt) → common_flags bits
 _IRQ_CHAR = {"d": 0x01, "D": 0x81, "b": 0x80, "X": 0x02, ".": 0}
@@ -154,6 +155,8 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
         all_null = fields.select(pl.all_horizontal([pl.col(c).is_null() for c in own])).to_series()
         bad = all_null & ~ok
         failed = int(bad.sum())
+    # a field named like a frame column (sched_wake_idle_without_ipi.cpu) gets a "_" suffix, as in trace.dat frames
+    fields = fields.rename({c: f"{c}_" for c in fields.columns if c in _RESERVED})
     return pl.concat([out, fields], how="horizontal"), failed
 
 

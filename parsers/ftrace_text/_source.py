@@ -34,6 +34,31 @@ def _read_capped(stream: io.RawIOBase | io.BufferedIOBase, path: str, max_bytes:
                              "more")
 
 
+def _read_zstd(f, path: str, max_bytes: int) -> bytes:
+    """Decompress every zstd frame of ``f``; a last frame that does not end is a truncation."""
+    dctx = zstandard.ZstdDecompressor()
+    obj = dctx.decompressobj()
+    buf = bytearray()
+    in_frame = False
+    pos = 0
+    while chunk := f.read(1 << 16):
+        pos += len(chunk)
+        while chunk:
+            buf += obj.decompress(chunk)
+            in_frame = not obj.eof
+            if len(buf) > max_bytes:
+                raise ParseError(path, pos, f"zstd-compressed text of at most {max_bytes} bytes "
+                                            "(pass max_bytes= to read more)", "more")
+            if obj.eof:
+                chunk = obj.unused_data
+                obj = dctx.decompressobj()
+            else:
+                chunk = b""
+    if in_frame:
+        raise TruncatedError(path, pos, "the rest of the zstd frame", "end of file")
+    return bytes(buf)
+
+
 def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> tuple[bytes, str | None]:
     """The text of ``path``, decompressed when it is gzip or zstd.
 
@@ -54,9 +79,7 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> tuple[byt
         f.seek(0)
         try:
             if head.startswith(ZSTD_MAGIC):
-                dctx = zstandard.ZstdDecompressor()
-                with dctx.stream_reader(f, read_across_frames=True) as r:
-                    return _read_capped(r, p, max_bytes, "zstd-compressed text"), "zstd"
+                return _read_zstd(f, p, max_bytes), "zstd"
             if head.startswith(GZIP_MAGIC):
                 with gzip.GzipFile(fileobj=f) as g:
                     return _read_capped(g, p, max_bytes, "gzip-compressed text"), "gzip"
