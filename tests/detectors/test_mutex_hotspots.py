@@ -276,3 +276,16 @@ def test_degenerate_inputs_never_raise():
     assert no_period.frames["hotspots"]["share"][0] == pytest.approx(IN_SET[idx].mean())
     no_chain = run(perf_trace(df.with_columns(callchain=pl.lit(None, pl.List(pl.String)))))
     assert no_chain.frames["hotspots"]["share"][0] == 0.0
+
+
+def test_periodicity_bridges_single_dips_and_rejects_noise():
+    from tracekit.detectors.periodicity import estimate_period, find_bursts
+
+    rng = np.random.default_rng(4)
+    x = np.clip(0.55 + rng.normal(0, 0.08, 300), 0, 1)
+    x[[51, 183]] = 0.05  # one-bucket dips inside a steady burst
+    b = find_bursts(x, 0.01, 0.2)
+    assert b.height == 1 and b["buckets"][0] == 300
+    assert find_bursts(x, 0.01, 0.2, bridge=0).height == 3
+    per = estimate_period(x, 0.01, find_bursts(x, 0.01, 0.2, bridge=0))
+    assert per.period_s is None and per.method == "none"  # gaps 0.5 s / 1.3 s, bursts 0.5-1.3 s: no period

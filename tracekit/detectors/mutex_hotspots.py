@@ -507,9 +507,11 @@ class MutexHotspots:
 
     @staticmethod
     def _hotspots(frames: dict[str, pl.DataFrame], cfg) -> pl.DataFrame:
-        source = "perf" if "_perf_totals" in frames else "contention"
-        tot = frames.pop(f"_{source}_totals")
-        frames.pop("_contention_totals", None)
+        totals = {src: frames.pop(f"_{src}_totals") for src in ("perf", "contention") if f"_{src}_totals" in frames}
+        # samples first; contention events when the samples never reach the set (kernel frames left unnamed)
+        source = "perf" if "perf" in totals and (totals["perf"]["samples"][0] or "contention" not in totals) \
+            else "contention"
+        tot = totals[source]
         one = pl.col("source") == source
         th = frames["thread_share"].filter(one & (pl.col("samples") > 0))
         tp = frames["top_paths"].filter(one)
@@ -547,9 +549,12 @@ class MutexHotspots:
                   .sort("longest_s", descending=True))
             text = per.filter(pl.col("source") == source)["text"]
             what = "of their sampled time" if source == "perf" else "of wall time waiting"
+            top = frames["top_paths"].filter(pl.col("source") == source).head(1)
+            via = (f" Mostly through {top['path'][0]} ({top['share_of_lock'][0]:.0%} of the time in the lock)."
+                   if top.height else "")
             summary = (f"{ev.height} thread(s) spend more than {thr:.0%} {what} in {cfg['label']} for longer than "
                        f"one {bucket_s:g} s bucket (longest {ev['longest_s'].max():.1f} s, peak "
-                       f"{ev['peak'].max():.0%}); {text[0] if text.len() else ''}.")
+                       f"{ev['peak'].max():.0%}); {text[0] if text.len() else ''}.{via}")
             out.append(Finding(rule="mutex-hotspots", severity="warning",
                                title=f"{cfg['label']} hotspot: {ev.height} thread(s) above {thr:.0%} ({source})",
                                summary=summary, count=int(grp.height), evidence=ev))

@@ -51,7 +51,8 @@ class Periodicity:
     text: str
 
 
-def find_bursts(share: np.ndarray, bucket_s: float, threshold: float, origin_s: float = 0.0) -> pl.DataFrame:
+def find_bursts(share: np.ndarray, bucket_s: float, threshold: float, origin_s: float = 0.0,
+                bridge: int = 1) -> pl.DataFrame:
     """Runs of consecutive buckets with ``share >= threshold``.
 
     Args:
@@ -59,12 +60,23 @@ def find_bursts(share: np.ndarray, bucket_s: float, threshold: float, origin_s: 
         bucket_s: bucket length in seconds.
         threshold: the share a bucket needs to be part of a burst.
         origin_s: time of bucket 0.
+        bridge: a dip of at most this many buckets between two hot buckets does not end a burst (a noisy bucket
+            inside a burst is not two bursts).
 
     Returns:
         A frame with :data:`BURSTS_SCHEMA`, bursts in time order.
     """
     x = np.nan_to_num(np.asarray(share, dtype=np.float64))
     hot = x >= threshold
+    if bridge > 0 and hot.any():
+        # fill cold runs of <= bridge buckets that have hot buckets on both sides
+        e = np.diff(np.concatenate(([0], (~hot).astype(np.int8), [0])))
+        c0, c1 = np.flatnonzero(e == 1), np.flatnonzero(e == -1)
+        inner = (c0 > 0) & (c1 < len(x)) & (c1 - c0 <= bridge)
+        fill = np.zeros(len(x) + 1, dtype=np.int64)
+        np.add.at(fill, c0[inner], 1)
+        np.add.at(fill, c1[inner], -1)
+        hot |= np.cumsum(fill[:-1]) > 0
     if not hot.any():
         return pl.DataFrame(schema=BURSTS_SCHEMA)
     edges = np.diff(np.concatenate(([0], hot.astype(np.int8), [0])))
@@ -124,13 +136,17 @@ def _acf_peak(x: np.ndarray) -> tuple[float | None, float]:
     return float(lo + k + np.clip(frac, -0.5, 0.5)), float(np.clip(y1, 0.0, 1.0))
 
 
-def estimate_period(share: np.ndarray, bucket_s: float, bursts: pl.DataFrame) -> Periodicity:
+def estimate_period(share: np.ndarray, bucket_s: float, bursts: pl.DataFrame,
+                    min_confidence: float = 0.3) -> Periodicity:
     """Estimate the period between bursts of ``share`` (see the module docstring).
+
+    A period no longer than the mean burst, or with a confidence below ``min_confidence``, is no period.
 
     Args:
         share: share per bucket.
         bucket_s: bucket length in seconds.
         bursts: what :func:`find_bursts` returned for the same series.
+        min_confidence: the confidence a period needs to be reported.
 
     Returns:
         A :class:`Periodicity`.
@@ -155,6 +171,9 @@ def estimate_period(share: np.ndarray, bucket_s: float, bursts: pl.DataFrame) ->
         period = lag * bucket_s
         method = "autocorrelation"
         conf = height
+    if period is not None and (conf < min_confidence or (mean_len is not None and period <= mean_len)):
+        period, method = None, "none"
+    period = None if period is None else float(period)
     return Periodicity(period, round(conf, 3), method, nb, mean_len, describe(period, mean_len, nb))
 
 
