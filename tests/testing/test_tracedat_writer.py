@@ -9,7 +9,7 @@ import time
 import numpy as np
 import polars as pl
 import pytest
-from tracecmd_oracle import parse, report
+from tracecmd_oracle import expected, norm, parse, report
 
 from tracekit.errors import ConfigError
 from tracekit.testing.formats_extra import PMI_KPROBE, kvm_formats
@@ -81,42 +81,6 @@ def _mixed(seed: int, n: int) -> dict[str, pl.DataFrame]:
     return out
 
 
-def _expected(events: dict[str, pl.DataFrame]):
-    """What trace-cmd should print for each written row: (ts, cpu, pid, name, {field: value})."""
-    out = []
-    for full, df in events.items():
-        fmt = FORMATS[full]
-        for row in df.iter_rows(named=True):
-            fields = {}
-            for f in fmt.own_fields:
-                if f.size == 0 or f.name not in row:
-                    continue
-                v = row[f.name]
-                if isinstance(v, str):
-                    fields[f.name] = v
-                elif isinstance(v, list):
-                    es = f.size // f.array_len
-                    fields[f.name] = b"".join(int(x).to_bytes(es, "little") for x in (v + [0] * f.array_len)[:f.array_len])
-                else:
-                    v = int(v)
-                    bits = 8 * f.size
-                    v &= (1 << bits) - 1
-                    if f.signed and v >= 1 << (bits - 1):
-                        v -= 1 << bits
-                    fields[f.name] = v
-            for f in fmt.own_fields:
-                if f.size and f.name not in fields:
-                    fields[f.name] = "" if f.is_string else 0
-            out.append((row["ts"], row["cpu"], row["common_pid"], fmt.name, fields))
-    return out
-
-
-def _norm(events):
-    return sorted((ts, cpu, pid, name, tuple(sorted((k, v if not isinstance(v, str) else v.rstrip())
-                                                    for k, v in f.items())))
-                  for ts, cpu, pid, name, f in events)
-
-
 @pytest.mark.parametrize(("version", "compression"), [(6, "none"), (7, "none"), (7, "zstd")])
 def test_tracecmd_reads_exactly_what_was_written(tmp_path, version, compression):
     events = _mixed(5 + version, 6000)
@@ -131,8 +95,8 @@ def test_tracecmd_reads_exactly_what_was_written(tmp_path, version, compression)
     assert raw.returncode == 0 and raw.stderr.strip() in ("", f"cpus={CPUS}"), raw.stderr
     got, drops = parse(raw.stdout, FORMATS, SYMBOLS)
     assert len(got) == n
-    want = _expected(events)
-    assert _norm(got) == _norm(want)
+    want = expected(events, FORMATS)
+    assert norm(got, SYMBOLS) == norm(want, SYMBOLS)
     # per-CPU order is the order written (ts, then seq)
     for c in range(CPUS):
         assert [e[0] for e in got if e[1] == c] == sorted(e[0] for e in want if e[1] == c)
