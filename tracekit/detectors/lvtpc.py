@@ -109,8 +109,10 @@ def _incidents(trace, a, vendor: int | None) -> tuple[pl.DataFrame, pl.DataFrame
     if not amd.is_empty():
         notes.append(f"{amd.height} AMD vCPU thread(s) skipped (AMD does not mask LVTPC on PMI)")
     intel = threads.filter(pl.col("isa") != 2)["pid"]
-    pmis = (a.pmis.group_by("pmi").agg(pl.col("ts").min(), pl.col("pid").first())
-            .filter(pl.col("pid").is_in(intel.implode())).sort("ts"))
+    pmis = a.pmis.group_by("pmi").agg(pl.col("ts").min(), pl.col("pid").first(), pl.col("stage").min())
+    if (pmis["stage"] <= 1).any():  # an injection alone is a PMI delivered earlier (queued NMI): not a new delivery
+        pmis = pmis.filter(pl.col("stage") <= 1)
+    pmis = pmis.filter(pl.col("pid").is_in(intel.implode())).drop("stage").sort("ts")
     writes = acc.filter(pl.col("rw")).select(pl.col("ts").alias("w_ts"), "pid", pl.col("val").alias("w_val"))
     judged = writes["pid"].unique()
     blind = pmis.filter(~pl.col("pid").is_in(judged.implode()))["pid"].unique()

@@ -474,6 +474,13 @@ def _queued_injections(ev: pl.DataFrame, windows: pl.DataFrame, lvtpc: pl.DataFr
     return flags
 
 
+def _segment() -> pl.Expr:
+    """The window of an event, or for an event outside any window, the stretch of its thread between two windows
+    (negative ids): events of one segment can belong to one PMI or one IPI."""
+    return (pl.when(pl.col("window").is_not_null()).then(pl.col("window").cast(pl.Int64))
+            .otherwise(-(pl.col("gap") + 2) * (1 << 32) - pl.col("pid").cast(pl.Int64)))
+
+
 def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple[str, ...] | None = None
                  ) -> PmiAnalysis:
     """Find every synthesized PMI in ``trace`` and count them per VM-exit window.
@@ -499,7 +506,8 @@ def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple
     present = [r for r in ROUTES if avail[r]]
     cands, nmi_acc = _candidates(trace, avail, lvtpc_vector, notes)
 
-    # NMI accepts: decoy when the last NMI IPI of the same thread, in the same window, was aimed at that APIC
+    # NMI accepts: decoy when the last NMI IPI of the same thread, in the same window (or stretch outside windows),
+    # was aimed at that APIC
     decoys = pl.DataFrame(schema=DECOY_SCHEMA)
     if not nmi_acc.is_empty():
         acc = assign_windows(nmi_acc.with_columns(pl.lit(2, pl.Int8).alias("kind")), windows)
@@ -511,11 +519,10 @@ def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple
                            pl.col("cpu").cast(_I32), pl.col("dest_id").cast(pl.UInt32).alias("dest"),
                            ((icr // 2048) % 2 == 1).alias("logical"), ((icr // (1 << 18)) % 4).alias("shorthand")))
             ipi = assign_windows(ipi, windows).select(pl.col("ts").alias("ipi_ts"), "pid", "dest", "logical",
-                                                      "shorthand", pl.col("window").alias("ipi_window"))
+                                                      "shorthand", _segment().alias("ipi_segment"))
             acc = acc.sort("ts").join_asof(ipi.sort("ipi_ts"), left_on="ts", right_on="ipi_ts", by="pid",
                                            strategy="backward", check_sortedness=False)
-            caused = (pl.col("ipi_ts").is_not_null() & pl.col("window").is_not_null()
-                      & (pl.col("ipi_window") == pl.col("window"))
+            caused = (pl.col("ipi_ts").is_not_null() & (pl.col("ipi_segment") == _segment())
                       & ((pl.col("shorthand") != 0) | pl.col("logical") | (pl.col("dest") == pl.col("apicid"))))
             acc = acc.with_columns(caused.fill_null(False).alias("_decoy"))
             decoys = acc.filter(pl.col("_decoy")).select(list(DECOY_SCHEMA)).cast(DECOY_SCHEMA)
@@ -526,8 +533,7 @@ def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple
     route_of = pl.col("kind").replace_strict({k: v[0] for k, v in _KINDS.items()}, return_dtype=pl.String)
     stage_of = pl.col("kind").replace_strict({k: v[1] for k, v in _KINDS.items()}, return_dtype=pl.Int8)
     # outside any window, PMIs are unified per thread and gap between windows (group ids below 0 never collide)
-    group = (pl.when(pl.col("window").is_not_null()).then(pl.col("window").cast(pl.Int64))
-             .otherwise(-(pl.col("gap") + 2) * (1 << 32) - pl.col("pid").cast(pl.Int64)))
+    group = _segment()
     ev = (ev.with_columns(route_of.alias("route"), stage_of.alias("stage"), group.alias("group"))
           .sort(["group", "ts", "stage", "kind", "seq"]))
     old = _queued_injections(ev, windows, _lvtpc_writes(trace))

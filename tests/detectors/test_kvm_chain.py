@@ -1,0 +1,157 @@
+"""The KVM rules through the whole chain: tracekit.testing's scenario builder → trace.dat writer (v6/v7, none/zstd)
+→ tracekit.load (the trace.dat reader, print-fmt names) → rules, compared with the builder's ground truth exactly
+(precision and recall 1.0 per window)."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+import tracekit
+from tracekit.detectors import Inputs
+from tracekit.detectors.exit_stats import EXIT_STATS_SCHEMA, ExitStats
+from tracekit.detectors.lvtpc import LvtpcUnmaskedAfterPmi
+from tracekit.detectors.multi_pmi import MultiPmiPerExit
+from tracekit.detectors.pmu_msr import PmuMsrActivity
+
+ks = pytest.importorskip("tracekit.testing.kvm_scenario", reason="the KVM scenario builder is not in this tree")
+
+KEY = ["exit_ts", "pid"]
+COUNTED = {"windows": 0, "flagged": 0}
+BASE = dict(vcpus=4, duration_s=0.02, pmi_probability=0.12, double_pmi_rate=0.35, lost_events=0)
+
+
+def _load(sc, tmp_path, version=7, compression="none"):
+    path = tmp_path / f"kvm-v{version}-{compression}.dat"
+    sc.write(path, version=version, compression=compression)
+    return tracekit.load(path)
+
+
+def _timed_lost(trace) -> bool:
+    marks = trace.tables.get("lost_marks")
+    return (marks is not None and "ts" in marks.columns) or "ts" in trace.lost_events.columns
+
+
+def _compare(sc, trace, *, lost_exact=True) -> pl.DataFrame:
+    res = MultiPmiPerExit().run(Inputs(host=(trace,)), {})
+    assert res.ran, res.missing
+    got, exp = res.frames["windows"].sort(KEY), sc.truth.sort(KEY)
+    if lost_exact:
+        assert_frame_equal(got, exp)
+        assert_frame_equal(res.frames["flagged"].sort(KEY), sc.flagged.sort(KEY))
+        assert_frame_equal(res.frames["inconclusive"].sort(KEY), sc.inconclusive.sort(KEY))
+    else:  # without per-page lost times: everything but the inconclusive flag is exact, and no lossy window is missed
+        assert_frame_equal(got.drop("inconclusive"), exp.drop("inconclusive"))
+        assert (got["inconclusive"] | ~exp["inconclusive"]).all()
+    COUNTED["windows"] += exp.height
+    COUNTED["flagged"] += sc.flagged.height
+    return res
+
+
+ROUTE_SETS = [(r,) for r in ks.ROUTES] + [ks.ROUTES, ("deliver_pmi", "function"), ("apic_nmi", "inj_nmi"),
+                                          ("function", "lvtpc_fixed", "inj_nmi")]
+
+
+@pytest.mark.parametrize("routes", ROUTE_SETS, ids=lambda r: "+".join(r))
+def test_routes_exact(routes, tmp_path):
+    sc = ks.build_kvm_scenario(61, routes=routes, **BASE)
+    res = _compare(sc, _load(sc, tmp_path))
+    if routes != ("inj_nmi",):  # KVM injects one NMI per entry: injections alone never show two in a window
+        assert sc.flagged.height > 0
+    shown = {r for lst in sc.truth["sources"].to_list() for r in lst}
+    assert shown and shown <= set(routes)
+    assert set(res.frames["pmis"]["route"].unique()) == shown
+
+
+@pytest.mark.parametrize(("version", "compression"), [(6, "none"), (7, "zstd")])
+def test_file_versions_and_svm(version, compression, tmp_path):
+    sc = ks.build_kvm_scenario(62, isa="svm", **BASE)
+    _compare(sc, _load(sc, tmp_path, version, compression))
+
+
+@pytest.mark.parametrize("injection", ["queued", "same_window"])
+def test_nmi_injection_models(injection, tmp_path):
+    sc = ks.build_kvm_scenario(63, routes=("inj_nmi",), nmi_injection=injection, **BASE)
+    _compare(sc, _load(sc, tmp_path))
+
+
+def test_decoys_migrations_time_extends_open_windows(tmp_path):
+    kw = {**BASE, "ipi_nmi_decoys": 0.2, "host_nmis": 0.1, "migrations": 0.05, "time_extends": 2}
+    sc = ks.build_kvm_scenario(64, kprobe_system="probe", **kw)
+    res = _compare(sc, _load(sc, tmp_path))
+    assert res.frames["decoys"].height > 0
+    assert sc.truth["entry_ts"].is_null().sum() > 0  # windows still open at trace end
+    outside = res.frames["pmis"].filter(pl.col("window").is_null())["pmi"].n_unique()
+    assert outside == sc.outside_pmis
+
+
+def test_lost_events(tmp_path):
+    sc = ks.build_kvm_scenario(65, **{**BASE, "lost_events": 3})
+    trace = _load(sc, tmp_path)
+    assert sc.inconclusive.height > 0 and trace.lost_total > 0
+    exact = _timed_lost(trace)
+    _compare(sc, trace, lost_exact=exact)
+    if not exact:
+        pytest.xfail("the trace.dat reader gives per-CPU lost counts only (no time of the flagged page): whole CPUs "
+                     "are inconclusive, a superset of the truth")
+
+
+def test_exit_stats_chain(tmp_path):
+    sc = ks.build_kvm_scenario(66, **BASE)
+    got = ExitStats().run(Inputs(host=(_load(sc, tmp_path),)), {}).frames["exit_stats"]
+    done = sc.truth.filter(pl.col("entry_ts").is_not_null())
+    rows = []
+    for (pid, vcpu, reason), g in done.group_by(["pid", "vcpu", "exit_reason"]):
+        d = (g["entry_ts"] - g["exit_ts"]).to_numpy()
+        rows.append({"pid": pid, "vcpu": vcpu, "exit_reason": reason, "count": len(d), "total_ns": int(d.sum()),
+                     "min_ns": int(d.min()), "max_ns": int(d.max()), "mean_ns": float(d.mean()),
+                     "p50_ns": float(np.percentile(d, 50)), "p99_ns": float(np.percentile(d, 99)),
+                     "share": len(d) / done.filter(pl.col("pid") == pid).height})
+    key = ["pid", "vcpu", "exit_reason"]
+    assert_frame_equal(got.sort(key), pl.DataFrame(rows, schema=EXIT_STATS_SCHEMA).sort(key))
+
+
+@pytest.mark.parametrize("isa", ["vmx", "svm"])
+def test_pmu_msr_chain(isa, tmp_path):
+    sc = ks.build_kvm_scenario(67, isa=isa, **BASE)
+    got = PmuMsrActivity().run(Inputs(host=(_load(sc, tmp_path),)), {}).frames["msr_writes"]
+    exp = (sc.msr_writes.filter(pl.col("write") & pl.col("pmu"))
+           .select("ts", "pid", "vcpu", "msr", pl.col("data").alias("value")))
+    assert exp.height > 0
+    assert_frame_equal(got.select("ts", "pid", "vcpu", "msr", "value").sort("ts", "pid"), exp.sort("ts", "pid"))
+
+
+def _lvtpc_truth(sc) -> int:
+    """PMIs of Intel vCPUs that arrive after an earlier PMI of the same vCPU with no guest LVTPC write in between
+    (the builder's PMI ids and LVTPC write log; vCPUs without any LVTPC write are not judged)."""
+    first = (sc.pmis.filter(~pl.col("dropped")).group_by("pmi").agg(pl.col("ts").min(), pl.col("pid").first())
+             .sort("ts"))
+    writes = sc.lvtpc_writes.filter(pl.col("isa") == 1)
+    n = 0
+    for (pid,), g in first.group_by("pid"):
+        w = np.sort(writes.filter(pl.col("pid") == pid)["ts"].to_numpy())
+        if not len(w):
+            continue
+        ts = np.sort(g["ts"].to_numpy())
+        for a, b in zip(ts[:-1], ts[1:], strict=True):
+            n += not ((w > a) & (w < b)).any()
+    return n
+
+
+@pytest.mark.parametrize("isa", ["vmx", "svm"])
+def test_lvtpc_chain(isa, tmp_path):
+    sc = ks.build_kvm_scenario(68, isa=isa, **BASE)
+    inc = LvtpcUnmaskedAfterPmi().run(Inputs(host=(_load(sc, tmp_path),)), {}).frames["incidents"]
+    want = _lvtpc_truth(sc) if isa == "vmx" else 0
+    assert inc.filter(pl.col("kind") == "pmi_before_rearm").height == want
+    if isa == "vmx":
+        assert want > 0
+
+
+def test_zz_windows_tested(capsys):
+    with capsys.disabled():
+        print(f"\n[kvm chain] windows compared with the builder's truth: {COUNTED['windows']} "
+              f"({COUNTED['flagged']} flagged)")
+    assert COUNTED["windows"] > 10_000
