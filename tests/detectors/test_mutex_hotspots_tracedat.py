@@ -76,3 +76,47 @@ def test_periodic_contention_written_and_read_back(tmp_path, period_s):
     assert th["share"].to_numpy() == pytest.approx(per_thread, rel=1e-9)
     assert res.findings and res.findings[0].evidence.height == VCPUS
     assert "bursts every" in res.findings[0].summary
+
+
+def test_function_graph_calls_give_wall_time_and_period(tmp_path):
+    """function_graph exits of perf_event_ctx_lock_nested (and a perf_event_ctx_lock nested around half of them,
+    which must not count twice) every 1 ms per vCPU, long inside bursts every 2.5 s."""
+    rng = np.random.default_rng(11)
+    period_s, slots = 2.5, 15_000
+    t0 = 2_000_000_000
+    n = slots * VCPUS
+    vcpu = np.repeat(np.arange(VCPUS), slots)
+    call = t0 + np.tile(np.arange(slots, dtype=np.int64) * 1_000_000, VCPUS) + rng.integers(0, 50_000, n)
+    burst = (((call - t0) / 1e9 - 0.3) % period_s) < 0.7
+    ret = call + np.where(burst, rng.integers(300_000, 700_000, n), rng.integers(2_000, 20_000, n))
+    outer = rng.random(n) < 0.5  # perf_event_ctx_lock(...) { perf_event_ctx_lock_nested(...) } — inlined or not
+    nested = KALLSYMS["perf_event_ctx_lock_nested.isra.0"]
+    ks = {**KALLSYMS, "perf_event_ctx_lock": 0xFFFFFFFF82000000, "vcpu_run": 0xFFFFFFFF82001000}
+    pid = 3000 + vcpu
+
+    def exits(sel, func, lo, hi, depth):
+        k = int(sel.sum())
+        return pl.DataFrame({"ts": hi[sel] + 200, "cpu": vcpu[sel], "common_pid": pid[sel],
+                             "func": np.full(k, func, np.uint64), "depth": np.full(k, depth, np.uint32),
+                             "calltime": lo[sel], "rettime": hi[sel]})
+
+    every = np.ones(n, dtype=bool)
+    frames = {"ftrace:funcgraph_exit": pl.concat([
+        exits(every, nested, call, ret, 3),
+        exits(outer, ks["perf_event_ctx_lock"], call - 1_000, ret + 1_000, 2),
+        exits(every, ks["vcpu_run"], call - 5_000, ret + 50_000, 1),
+    ]).sort("ts")}
+    path = tmp_path / "graph.dat"
+    write_tracedat(path, frames, version=7, cpus=VCPUS, kallsyms=ks,
+                   cmdlines={3000 + v: f"CPU {v}/KVM" for v in range(VCPUS)})
+    res = MutexHotspots().run(Inputs(host=(tracekit.load(path),)), {})
+    per = res.frames["periodicity"].row(0, named=True)
+    assert per["source"] == "funcgraph"
+    assert per["period_s"] == pytest.approx(period_s, rel=0.05)
+    union = np.where(outer, ret - call + 2_000, ret - call)
+    th = res.frames["thread_share"].sort("tid")
+    assert th["lock"].to_list() == [int(union[vcpu == v].sum()) for v in range(VCPUS)]
+    assert th["comm"].to_list() == [f"CPU {v}/KVM" for v in range(VCPUS)]
+    paths = dict(res.frames["top_paths"].select("path", "samples").iter_rows())
+    assert paths == {"perf_event_ctx_lock_nested.isra.0": n, "perf_event_ctx_lock": int(outer.sum())}
+    assert res.frames["hotspots"]["samples"][0] == n + int(outer.sum())

@@ -6,7 +6,11 @@ Sources (any one is enough; several combine):
   List[String] leaf first). Kernel frames perf left as hex (no kallsyms at read time) are named through the
   ``callchain_ip`` column and the kallsyms of a host trace.dat of the same run, when one is given;
 * trace.dat ``lock:contention_begin`` / ``lock:contention_end`` with the ``ftrace:kernel_stack`` recorded after each
-  event (``-O stacktrace``): one wait per acquisition, per lock address and call path.
+  event (``-O stacktrace``): one wait per acquisition, per lock address and call path (source ``contention``);
+* the function_graph tracer's ``ftrace:funcgraph_exit`` (``calltime``/``rettime``) of the set's functions: wall time
+  inside them per thread (source ``funcgraph``; path = the function; nested set calls count once).
+
+Pairing, stacks and intervals live in :mod:`tracekit.detectors.lock_sources`.
 
 The symbol set (``symbols``, default ``perf_event_ctx_lock``, ``perf_event_ctx_lock_nested``,
 ``perf_event_ctx_unlock``) matches with compiler suffixes (``.isra.N``, ``.constprop.N``, ``.part.N``, ``.cold``,
@@ -23,13 +27,15 @@ __mutex_lock.constprop.0``. A wait whose stack holds no set frame gets the path 
 Frames of the :class:`~tracekit.detectors.RuleResult` (the report helper reads them by these names):
 
 ``hotspots``
-    One row per symbol set, :data:`HOTSPOTS_SCHEMA` (= ``tracekit.analysis.HOTSPOTS_SCHEMA``): ``symbol`` (the set's label), ``share``
-    (0..1: period-weighted share of all samples of the perf event in the set; with contention events only, the
-    wall-time share of the waiting threads), ``samples``/``total_samples`` (sample counts; waits with contention
-    events only), ``by_thread`` (pid, tid, comm, share of the thread's own samples, samples in the set),
-    ``top_paths`` (path, share of all samples, samples), ``bursts`` (start_s, length_s, peak), ``period_s``.
+    One row per symbol set, :data:`HOTSPOTS_SCHEMA` (= ``tracekit.analysis.HOTSPOTS_SCHEMA``), from the first
+    source whose rows reach the set among perf, funcgraph, contention: ``symbol`` (the set's label), ``share``
+    (0..1: period-weighted share of all samples of the perf event in the set; for funcgraph/contention the
+    wall-time share of the threads in the set), ``samples``/``total_samples`` (samples; calls or waits),
+    ``by_thread`` (pid, tid, comm, share of the thread's own samples or wall time, samples in the set),
+    ``top_paths`` (path, share, samples), ``bursts`` (start_s, length_s, peak), ``period_s``.
 ``thread_share``
-    Per thread: ``source`` (``perf`` or ``contention``), ``pid``, ``tid``, ``comm``, ``lock`` (period, or wait ns),
+    Per thread: ``source`` (``perf``, ``funcgraph``, ``contention``), ``pid``, ``tid``, ``comm``, ``lock`` (period,
+    or ns in the set),
     ``total`` (the thread's period, or the trace span in ns), ``samples`` (in the set; waits for contention),
     ``total_samples``, ``share`` (lock / total).
 ``bucket_share``
@@ -65,7 +71,6 @@ and group-bys over all samples / events, no per-sample Python loop.
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 import numpy as np
@@ -73,17 +78,24 @@ import polars as pl
 
 from ..model import Trace
 from . import Finding, Inputs, RuleResult, register
+from .lock_sources import (
+    ARROW,
+    SUFFIX,
+    WAITS_SCHEMA,
+    contention_waits,
+    funcgraph_intervals,
+    lock_kind,
+    split_buckets,
+    symbol_names,
+    symbol_pattern,
+    union_intervals,
+    wait_stats,
+    with_paths,
+)
 from .periodicity import BURSTS_SCHEMA, estimate_period, find_bursts
 
-__all__ = ["MutexHotspots", "symbol_pattern", "contention_waits", "lock_kind", "SUFFIX", "HOTSPOTS_SCHEMA",
+__all__ = ["MutexHotspots", "HOTSPOTS_SCHEMA", "symbol_pattern", "contention_waits", "lock_kind", "SUFFIX",
            "WAITS_SCHEMA"]
-
-SUFFIX = r"(?:\.(?:isra|constprop|part|cold|lto_priv|llvm)(?:\.\d+)?)*"
-"""Compiler suffixes a symbol may carry (``.isra.0``, ``.constprop.0``, ``.part.0``, ``.cold`` …)."""
-
-_TRACING = r"^(?:trace_event_raw_event_|__traceiter_|perf_trace_|__bpf_trace_|trace_contention_)"
-_LCB = {"SPIN": 1, "READ": 2, "WRITE": 4, "RT": 8, "PERCPU": 16, "MUTEX": 32}
-_ARROW = " → "
 
 HOTSPOTS_SCHEMA = {
     "symbol": pl.String, "share": pl.Float64, "samples": pl.Int64, "total_samples": pl.Int64,
@@ -94,188 +106,6 @@ HOTSPOTS_SCHEMA = {
     "period_s": pl.Float64,
 }
 """The ``hotspots`` frame: one row per symbol set (the findings.json ``hotspots`` entry)."""
-
-WAITS_SCHEMA = {"pid": pl.Int32, "comm": pl.String, "cpu": pl.Int32, "lock_addr": pl.UInt64, "ts": pl.Int64,
-                "end_ts": pl.Int64, "wait_ns": pl.Int64, "flags": pl.UInt32, "kind": pl.String, "slept": pl.Boolean,
-                "path": pl.String, "in_set": pl.Boolean}
-
-
-def symbol_pattern(names: list[str] | tuple[str, ...]) -> str:
-    """A regex matching any of ``names`` exactly, with optional compiler suffixes (:data:`SUFFIX`)."""
-    alts = "|".join(re.escape(n) for n in names) or r"(?!)"
-    return rf"^(?:{alts}){SUFFIX}$"
-
-
-def lock_kind(flags: pl.Expr) -> pl.Expr:
-    """The lock type ``perf lock contention`` prints for contention_begin ``flags`` (LCB_F_* bits)."""
-    f = flags.cast(pl.Int64) & 0x3F
-    s, r, w, rt, pc, m = (_LCB[k] for k in ("SPIN", "READ", "WRITE", "RT", "PERCPU", "MUTEX"))
-    table = {s: "spinlock", s | r: "rwlock:R", s | w: "rwlock:W", r: "rwsem:R", w: "rwsem:W", rt: "rt-mutex",
-             rt | r: "rwlock-rt:R", rt | w: "rwlock-rt:W", pc | r: "pcpu-sem:R", pc | w: "pcpu-sem:W", m: "mutex",
-             m | s: "mutex"}
-    return f.replace_strict(list(table), list(table.values()), default="other", return_dtype=pl.String)
-
-
-def _paths(chain: pl.Expr, set_re: str, internal_re: str, callers: int) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
-    """(in_set, path, where) of leaf-first frame lists: see the module docstring."""
-    root_first = chain.list.reverse()
-    hit = root_first.list.eval(pl.element().str.contains(set_re))
-    in_set = hit.list.any().fill_null(False)
-    pos = hit.list.arg_max().cast(pl.Int64)
-    start = pl.max_horizontal(pos - callers, pl.lit(0, pl.Int64))
-    head = root_first.list.slice(start, pos - start + 1)
-    below = root_first.list.get(pos + 1, null_on_oob=True)
-    below_ok = below.str.contains(internal_re).fill_null(False)
-    tail = pl.when(below_ok).then(pl.concat_list(below)).otherwise(pl.lit([], dtype=pl.List(pl.String)))
-    path = pl.when(in_set).then(pl.concat_list(head, tail).list.join(_ARROW)).otherwise(None)
-    any_re = f"(?:{set_re})|(?:{internal_re})"
-    leaf_hit = chain.list.eval(pl.element().str.contains(any_re))
-    where = pl.when(in_set).then(chain.list.get(leaf_hit.list.arg_max(), null_on_oob=True)).otherwise(None)
-    return in_set, path, where
-
-
-def _with_paths(df: pl.DataFrame, col: str, set_re: str, internal_re: str, callers: int,
-                strip_tracing: bool = False) -> pl.DataFrame:
-    """``df`` plus ``_hit``, ``_path``, ``_where`` for the frame lists in ``col``, each distinct list computed once
-    (stacks and callchains repeat: a few hundred distinct ones among millions of rows)."""
-    key = pl.col(col).list.join("\x1f").fill_null("")
-    keyed = df.with_columns(key.alias("_key"))
-    uniq = keyed.select("_key", col).unique("_key")
-    chain = pl.col(col)
-    if strip_tracing:
-        chain = chain.list.eval(pl.element().filter(~pl.element().str.contains(_TRACING)))
-    uniq = uniq.with_columns(chain.fill_null(pl.lit([], dtype=pl.List(pl.String))).alias("_c"))
-    hit, path, where = _paths(pl.col("_c"), set_re, internal_re, callers)
-    other = pl.when(pl.col("_c").list.len() > 0).then(pl.col("_c").list.head(3).list.reverse().list.join(_ARROW))
-    uniq = uniq.select("_key", hit.alias("_hit"), pl.when(hit).then(path).otherwise(other).alias("_path"),
-                       where.alias("_where"), pl.when(hit).then(path).alias("_set_path"))
-    return keyed.join(uniq, on="_key", how="left").drop("_key")
-
-
-def _stats(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    w = pl.col("wait_ns")
-    return (df.group_by(keys)
-            .agg(count=pl.len().cast(pl.Int64), total_ns=w.sum(), max_ns=w.max(),
-                 p50_ns=w.quantile(0.5, "nearest").cast(pl.Int64), p99_ns=w.quantile(0.99, "nearest").cast(pl.Int64),
-                 spin=(~pl.col("slept")).sum().cast(pl.Int64), sleep=pl.col("slept").sum().cast(pl.Int64),
-                 spin_ns=w.filter(~pl.col("slept")).sum(), sleep_ns=w.filter(pl.col("slept")).sum())
-            .sort(["total_ns", *keys], descending=[True] + [False] * len(keys)))
-
-
-def _names(kallsyms, addrs: pl.Series) -> pl.Series:
-    """Symbol names of ``addrs`` (null below the first symbol or for 0) as a String Series: one searchsorted and
-    one gather from the table's names, whatever string type the table stores them in."""
-    a = addrs.fill_null(0).cast(pl.UInt64).to_numpy()
-    table = np.asarray(kallsyms.addrs, dtype=np.uint64)
-    if not len(table):
-        return pl.Series([None] * len(a), dtype=pl.String)
-    idx = np.searchsorted(table, a, side="right") - 1
-    ok = (idx >= 0) & (a != 0)
-    names = pl.Series(np.asarray(kallsyms.names).astype(str), dtype=pl.String)
-    got = names.gather(np.where(ok, idx, 0))
-    return pl.select(pl.when(pl.Series(ok)).then(got)).to_series()
-
-
-def _stack_names(trace: Trace, stacks: pl.DataFrame) -> pl.Series:
-    """``callers`` of kernel_stack rows, resolving ``caller`` addresses through the trace's kallsyms if needed."""
-    if "callers" in stacks.columns:
-        return stacks["callers"]
-    if "caller" not in stacks.columns or trace.kallsyms is None:
-        return pl.Series("callers", [None] * stacks.height, dtype=pl.List(pl.String))
-    flat = stacks.select(pl.int_range(pl.len()).alias("_r"), pl.col("caller")).explode("caller")
-    names = _names(trace.kallsyms, flat["caller"])
-    return (flat.with_columns(names.alias("_n")).group_by("_r", maintain_order=True)
-            .agg(pl.col("_n").drop_nulls())["_n"].alias("callers"))
-
-
-def contention_waits(trace: Trace, set_re: str, internal_re: str, callers: int = 1) -> tuple[pl.DataFrame, dict]:
-    """Pair ``lock:contention_begin`` → ``contention_end`` per (pid, lock address) into waits.
-
-    A begin repeated before its end (a mutex's optimistic spin, then its sleep) is one wait timed from the first
-    begin, as ``perf lock contention`` does; it ``slept`` when any of its begins lacks the SPIN flag. The call path
-    comes from the ``kernel_stack`` event right after the first begin on the same CPU and pid.
-
-    Args:
-        trace: a trace holding both contention events (and ideally ``kernel_stack``).
-        set_re, internal_re: regexes of the symbol set and the mutex internals (:func:`symbol_pattern`).
-        callers: frames above the set frame kept in a path.
-
-    Returns:
-        (waits with :data:`WAITS_SCHEMA`, counts: ``unmatched_begin`` (no end before the trace ends),
-        ``unmatched_end`` (no begin: the wait started before the trace), ``no_stack`` (waits without a stack)).
-    """
-    beg = trace.events("contention_begin")
-    end = trace.events("contention_end")
-    comm = pl.col("common_comm") if "common_comm" in beg.columns else pl.lit(None, pl.String)
-    b = beg.select(pl.col("ts").cast(pl.Int64), pl.col("cpu").cast(pl.Int32), pl.col("common_pid").cast(pl.Int32)
-                   .alias("pid"), comm.cast(pl.String).alias("comm"), pl.col("lock_addr").cast(pl.UInt64),
-                   pl.col("flags").cast(pl.UInt32), pl.lit(0, pl.Int8).alias("ev"))
-    e = end.select(pl.col("ts").cast(pl.Int64), pl.col("cpu").cast(pl.Int32), pl.col("common_pid").cast(pl.Int32)
-                   .alias("pid"), pl.lit(None, pl.String).alias("comm"), pl.col("lock_addr").cast(pl.UInt64),
-                   pl.lit(None, pl.UInt32).alias("flags"), pl.lit(1, pl.Int8).alias("ev"))
-    key = ["pid", "lock_addr"]
-    ev = (pl.concat([b, e]).sort([*key, "ts", "ev"])
-          .with_columns(episode=(pl.col("ev").cast(pl.Int64).cum_sum() - pl.col("ev")).over(key)))
-    is_b, is_e = pl.col("ev") == 0, pl.col("ev") == 1
-    spin = (pl.col("flags").cast(pl.Int64) & _LCB["SPIN"]) != 0
-    ep = (ev.group_by([*key, "episode"])
-          .agg(ts=pl.col("ts").filter(is_b).first(), end_ts=pl.col("ts").filter(is_e).first(),
-               cpu=pl.col("cpu").filter(is_b).first(), comm=pl.col("comm").filter(is_b).first(),
-               flags=pl.col("flags").filter(is_b).first(), slept=(is_b & ~spin).any(), nb=is_b.sum()))
-    counts = {"unmatched_begin": int(ep.filter(pl.col("end_ts").is_null()).height),
-              "unmatched_end": int(ep.filter(pl.col("nb") == 0).height)}
-    w = ep.filter(pl.col("end_ts").is_not_null() & (pl.col("nb") > 0))
-    path = pl.lit(None, pl.String)
-    in_set = pl.lit(False)
-    if trace.has("kernel_stack") and w.height:
-        st = trace.events("kernel_stack")
-        st = st.select(pl.col("ts").cast(pl.Int64).alias("st_ts"), pl.col("cpu").cast(pl.Int32),
-                       pl.col("common_pid").cast(pl.Int32).alias("pid"),
-                       _stack_names(trace, st).alias("stack")).sort("st_ts")
-        # a stack whose first frame is another event's tracing function is not a contention_begin's
-        first = pl.col("stack").list.first()
-        st = st.filter(first.is_null() | ~first.str.starts_with("trace_event_raw_event_")
-                       | first.str.starts_with("trace_event_raw_event_contention_begin"))
-        firsts = b.select("ts", "cpu", "pid").unique().sort("ts")
-        evs = pl.concat([b.select("ts", "cpu", "pid"), e.select("ts", "cpu", "pid")]).unique().sort("ts")
-        # the stack of an event is the next stack on its CPU and pid, and that event the stack's previous one
-        fwd = firsts.join_asof(st, left_on="ts", right_on="st_ts", by=["cpu", "pid"], strategy="forward",
-                              check_sortedness=False)
-        back = st.join_asof(evs.rename({"ts": "ev_ts"}), left_on="st_ts", right_on="ev_ts", by=["cpu", "pid"],
-                            strategy="backward", check_sortedness=False).select("st_ts", "cpu", "pid", "ev_ts")
-        pairs = (fwd.join(back, left_on=["ts", "st_ts", "cpu", "pid"], right_on=["ev_ts", "st_ts", "cpu", "pid"],
-                          how="semi").select("ts", "cpu", "pid", "stack").unique(["ts", "cpu", "pid"]))
-        w = w.join(pairs, on=["ts", "cpu", "pid"], how="left")
-        w = _with_paths(w, "stack", set_re, internal_re, callers, strip_tracing=True)
-        in_set = pl.col("_hit")
-        path = pl.col("_path")
-    else:
-        w = w.with_columns(pl.lit(None, pl.List(pl.String)).alias("stack"))
-    w = w.with_columns(wait_ns=pl.col("end_ts") - pl.col("ts"), kind=lock_kind(pl.col("flags")),
-                       path=path, in_set=in_set)
-    counts["no_stack"] = int(w["stack"].is_null().sum()) if w.height else 0
-    w = w.select([pl.col(c).cast(t) for c, t in WAITS_SCHEMA.items()]).sort("ts")
-    return w, counts
-
-
-def _union_ns(w: pl.DataFrame) -> pl.DataFrame:
-    """Merge overlapping waits of one pid (a spinlock wait nested in a mutex wait) into disjoint intervals."""
-    s = w.select("pid", "comm", "ts", "end_ts").sort(["pid", "ts"])
-    prev_end = pl.col("end_ts").cum_max().shift(1).over("pid")
-    s = s.with_columns(grp=(prev_end.is_null() | (pl.col("ts") > prev_end)).cum_sum().over("pid"))
-    return s.group_by(["pid", "grp"]).agg(pl.col("comm").drop_nulls().first(), pl.col("ts").min(),
-                                         pl.col("end_ts").max())
-
-
-def _split_buckets(iv: pl.DataFrame, t0: int, bucket_ns: int) -> pl.DataFrame:
-    """Spread intervals (pid, ts, end_ts) over buckets: the ns each spends in each bucket."""
-    b0 = (pl.col("ts") - t0) // bucket_ns
-    b1 = (pl.col("end_ts") - 1 - t0) // bucket_ns
-    x = iv.with_columns(bucket=pl.int_ranges(b0, pl.max_horizontal(b0, b1) + 1)).explode("bucket")
-    lo = pl.max_horizontal(pl.col("ts"), t0 + pl.col("bucket") * bucket_ns)
-    hi = pl.min_horizontal(pl.col("end_ts"), t0 + (pl.col("bucket") + 1) * bucket_ns)
-    return x.with_columns(ns=(hi - lo).clip(0, None))
-
 
 def _perf_samples(inputs: Inputs, kallsyms) -> tuple[Trace, str, pl.DataFrame] | None:
     """The perf event with the most callchain samples among the host (else guest) traces."""
@@ -305,7 +135,7 @@ def _name_hex_frames(df: pl.DataFrame, kallsyms) -> pl.DataFrame:
         return df
     flat = df.select(pl.int_range(pl.len()).alias("_r"), "callchain", "callchain_ip").explode(
         ["callchain", "callchain_ip"])
-    names = _names(kallsyms, flat["callchain_ip"])
+    names = symbol_names(kallsyms, flat["callchain_ip"])
     fixed = pl.when(pl.col("callchain").str.contains(r"^(?:\[unknown\]|0x[0-9a-f]+|[0-9a-f]{8,})$")
                     & (pl.col("callchain_ip") >= 0xFFFF_8000_0000_0000) & pl.col("_n").is_not_null()
                     ).then(pl.col("_n")).otherwise(pl.col("callchain"))
@@ -346,11 +176,12 @@ class MutexHotspots:
         set_re, int_re = symbol_pattern(cfg["symbols"]), symbol_pattern(cfg["internals"])
         bucket_ns = max(1, int(round(float(cfg["bucket_s"]) * 1e9)))
         res = RuleResult(rule=self.name, ran=False, record_hint=self.record_hint)
+        graphs = [t for t in inputs.host if t.has("funcgraph_exit") and t.events("funcgraph_exit").height]
         both = [t for t in inputs.host if t.has("contention_begin") and t.has("contention_end")]
         dat = [t for t in both if t.events("contention_begin").height and t.events("contention_end").height]
         ksyms = next((t.kallsyms for t in inputs.host if t.kallsyms is not None and len(t.kallsyms)), None)
         perf = _perf_samples(inputs, ksyms)
-        if perf is None and not dat:
+        if perf is None and not dat and not graphs:
             res.missing = ["perf samples with callchains (perf record -g) | lock:contention_begin+contention_end"]
             if both:
                 res.notes.append("lock:contention_begin/end are in the trace but hold no event")
@@ -359,6 +190,8 @@ class MutexHotspots:
         parts: dict[str, list[pl.DataFrame]] = {}
         if perf is not None:
             self._perf(perf, cfg, set_re, int_re, bucket_ns, parts, res)
+        if graphs and not self._funcgraph(graphs[0], cfg, set_re, bucket_ns, parts, res):
+            res.notes.append(f"funcgraph: no call of {cfg['label']} in {graphs[0].source}")
         if dat:
             self._contention(dat[0], cfg, set_re, int_re, bucket_ns, parts, res)
             if len(dat) > 1:
@@ -372,7 +205,7 @@ class MutexHotspots:
     # -- perf samples --------------------------------------------------------------------------------------------
     def _perf(self, perf, cfg, set_re, int_re, bucket_ns, parts, res) -> None:
         tr, event, df = perf
-        df = _with_paths(df, "callchain", set_re, int_re, int(cfg["path_callers"]))
+        df = with_paths(df, "callchain", set_re, int_re, int(cfg["path_callers"]))
         in_set, path, where = pl.col("_hit"), pl.col("_set_path"), pl.col("_where")
         # without a period (or with none recorded) every sample weighs one
         weight = pl.col("period").cast(pl.Int64).fill_null(1) if "period" in df.columns else pl.lit(1, pl.Int64)
@@ -408,7 +241,7 @@ class MutexHotspots:
         hits = s.filter(pl.col("hit"))
         lock_w = int(hits["w"].sum()) if hits.height else 0
         paths = (hits.group_by("path").agg(samples=pl.len().cast(pl.Int64), lock=pl.col("w").sum(),
-                                           entry=pl.col("path").first().str.split(_ARROW).list.first())
+                                           entry=pl.col("path").first().str.split(ARROW).list.first())
                  .with_columns(share=pl.col("lock") / total_w, share_of_lock=pl.col("lock") / max(lock_w, 1))
                  .sort(["lock", "path"], descending=[True, False]))
         internals = (hits.group_by("where").agg(samples=pl.len().cast(pl.Int64), lock=pl.col("w").sum())
@@ -427,24 +260,42 @@ class MutexHotspots:
             res.notes.append("contention: no ftrace:kernel_stack in the trace, so no wait can be tied to "
                              f"{cfg['label']}; record with -O stacktrace (echo 1 > options/stacktrace)")
         parts.setdefault("waits", []).append(waits)
-        parts.setdefault("waits_by_lock", []).append(_stats(waits, ["lock_addr", "kind"]))
-        parts.setdefault("waits_by_path", []).append(_stats(waits.with_columns(pl.col("path").fill_null("?")),
+        parts.setdefault("waits_by_lock", []).append(wait_stats(waits, ["lock_addr", "kind"]))
+        parts.setdefault("waits_by_path", []).append(wait_stats(waits.with_columns(pl.col("path").fill_null("?")),
                                                             ["path"]))
         lo = min(int(tr.events(n)["ts"].min()) for n in ("contention_begin", "contention_end"))
         hi = max(int(tr.events(n)["ts"].max()) for n in ("contention_begin", "contention_end"))
+        self._intervals("contention", waits, waits.filter(pl.col("in_set")), lo, hi, bucket_ns, cfg, parts, res)
+
+    # -- function_graph ----------------------------------------------------------------------------------------------
+    def _funcgraph(self, tr: Trace, cfg, set_re, bucket_ns, parts, res) -> bool:
+        calls = funcgraph_intervals(tr, set_re)
+        if calls.is_empty():
+            return False
+        ex = tr.events("funcgraph_exit")
+        lo, hi = int(ex["ts"].min()), int(ex["ts"].max())
+        lo = min(lo, int(calls["ts"].min()))
+        res.notes.append(f"funcgraph: {calls.height} calls of {cfg['label']} in {tr.source}")
+        everyone = ex.select(pl.col("common_pid").cast(pl.Int32).alias("pid"))
+        self._intervals("funcgraph", everyone, calls, lo, hi, bucket_ns, cfg, parts, res)
+        return True
+
+    def _intervals(self, source: str, every: pl.DataFrame, mine: pl.DataFrame, lo: int, hi: int, bucket_ns: int,
+                   cfg, parts, res) -> None:
+        """Wall-time shares from time intervals in the set (``mine``: pid, comm, ts, end_ts, wait_ns, path) among
+        all the source's rows (``every``: pid, for the per-thread totals)."""
         span = max(hi - lo, 1)
-        mine = waits.filter(pl.col("in_set"))
-        iv = _union_ns(mine) if mine.height else pl.DataFrame(schema={"pid": pl.Int32, "comm": pl.String,
-                                                                      "ts": pl.Int64, "end_ts": pl.Int64})
-        names = waits.group_by("pid").agg(pl.col("comm").drop_nulls().last())
+        iv = union_intervals(mine) if mine.height else pl.DataFrame(schema={"pid": pl.Int32, "comm": pl.String,
+                                                                            "ts": pl.Int64, "end_ts": pl.Int64})
+        names = mine.group_by("pid").agg(pl.col("comm").drop_nulls().last())
         th = (iv.group_by("pid").agg(lock=(pl.col("end_ts") - pl.col("ts")).sum())
               .join(mine.group_by("pid").agg(samples=pl.len().cast(pl.Int64)), on="pid")
-              .join(waits.group_by("pid").agg(total_samples=pl.len().cast(pl.Int64)), on="pid")
+              .join(every.group_by("pid").agg(total_samples=pl.len().cast(pl.Int64)), on="pid", how="left")
               .join(names, on="pid", how="left")
-              .with_columns(tid=pl.col("pid"), total=pl.lit(span, pl.Int64), source=pl.lit("contention"))
+              .with_columns(tid=pl.col("pid"), total=pl.lit(span, pl.Int64), source=pl.lit(source))
               .with_columns(share=pl.col("lock") / pl.col("total")))
         nthreads = max(th.height, 1)
-        sp = _split_buckets(iv, lo, bucket_ns) if iv.height else iv.with_columns(bucket=pl.lit(0), ns=pl.lit(0))
+        sp = split_buckets(iv, lo, bucket_ns) if iv.height else iv.with_columns(bucket=pl.lit(0), ns=pl.lit(0))
         tb = (sp.group_by("pid", "bucket").agg(lock=pl.col("ns").sum(), samples=pl.len().cast(pl.Int64))
               .join(names, on="pid", how="left")
               .with_columns(tid=pl.col("pid"), total=pl.lit(bucket_ns, pl.Int64), bucket_samples=pl.lit(None))
@@ -454,17 +305,17 @@ class MutexHotspots:
         tl = (self._full_buckets(tl, "bucket", last=(hi - lo) // bucket_ns)
               .with_columns(total=pl.lit(bucket_ns * nthreads, pl.Int64))
               .with_columns(share=pl.col("lock") / pl.col("total"), share_all=pl.lit(None, pl.Float64)))
-        tot = int(waits["wait_ns"].sum()) if waits.height else 0
+        tot = int(every["wait_ns"].sum()) if "wait_ns" in every.columns and every.height else 0
         mine_ns = int(mine["wait_ns"].sum()) if mine.height else 0
         paths = (mine.group_by("path").agg(samples=pl.len().cast(pl.Int64), lock=pl.col("wait_ns").sum(),
-                                           entry=pl.col("path").first().str.split(_ARROW).list.first())
-                 .with_columns(share=pl.col("lock") / max(tot, 1), share_of_lock=pl.col("lock") / max(mine_ns, 1))
+                                           entry=pl.col("path").first().str.split(ARROW).list.first())
+                 .with_columns(share=pl.col("lock") / max(tot or mine_ns, 1),
+                               share_of_lock=pl.col("lock") / max(mine_ns, 1))
                  .sort(["lock", "path"], descending=[True, False]))
-        self._add(parts, res, "contention", th, tb, tl, paths, bucket_ns, cfg)
-        res.frames["_contention_totals"] = pl.DataFrame({"lock": [int(iv.select((pl.col("end_ts") - pl.col("ts"))
-                                                                                 .sum()).item() or 0)],
-                                                         "total": [span * nthreads], "samples": [mine.height],
-                                                         "total_samples": [waits.height]})
+        self._add(parts, res, source, th, tb, tl, paths, bucket_ns, cfg)
+        lock = int(iv.select((pl.col("end_ts") - pl.col("ts")).sum()).item() or 0) if iv.height else 0
+        res.frames[f"_{source}_totals"] = pl.DataFrame({"lock": [lock], "total": [span * nthreads],
+                                                       "samples": [mine.height], "total_samples": [every.height]})
 
     # -- shared ----------------------------------------------------------------------------------------------------
     @staticmethod
@@ -507,10 +358,10 @@ class MutexHotspots:
 
     @staticmethod
     def _hotspots(frames: dict[str, pl.DataFrame], cfg) -> pl.DataFrame:
-        totals = {src: frames.pop(f"_{src}_totals") for src in ("perf", "contention") if f"_{src}_totals" in frames}
-        # samples first; contention events when the samples never reach the set (kernel frames left unnamed)
-        source = "perf" if "perf" in totals and (totals["perf"]["samples"][0] or "contention" not in totals) \
-            else "contention"
+        order = ("perf", "funcgraph", "contention")
+        totals = {src: frames.pop(f"_{src}_totals") for src in order if f"_{src}_totals" in frames}
+        # samples first, then function_graph, then contention: the first whose rows reach the set
+        source = next((s for s in order if s in totals and totals[s]["samples"][0]), next(iter(totals)))
         tot = totals[source]
         one = pl.col("source") == source
         th = frames["thread_share"].filter(one & (pl.col("samples") > 0))
