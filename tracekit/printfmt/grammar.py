@@ -231,35 +231,131 @@ def _int_of(text: str) -> int:
 
 
 
+@dataclass(frozen=True)
+class _Paren(Node):
+    """A parenthesised expression, kept only while its chain is built (libtraceevent treats it differently)."""
+
+    inner: Node
+
+
+def _u(n):
+    """Drop the parenthesis marker."""
+    while isinstance(n, _Paren):
+        n = n.inner
+    return n
+
+
 def _fold_unary(tokens):
     t = list(tokens[0])
     node = t[-1]
     for op in reversed(t[:-1]):
-        node = Cast(op[1], node) if isinstance(op, tuple) else Unary(op, node)
+        node = Cast(op[1], _u(node)) if isinstance(op, tuple) else Unary(op, _u(node))
     return node
 
 
-_PREC = {"*": 10, "/": 10, "%": 10, "+": 9, "-": 9, "<<": 8, ">>": 8, "<": 7, "<=": 7, ">": 7, ">=": 7, "==": 6,
-         "!=": 6, "&": 5, "^": 4, "|": 3, "&&": 2, "||": 1}
+# libtraceevent's get_op_prio(): a smaller number binds tighter
+_PRIO = {"*": 6, "/": 6, "%": 6, "+": 7, "-": 7, "<<": 8, ">>": 8, "<": 9, "<=": 9, ">": 9, ">=": 9, "==": 10,
+         "!=": 10, "&": 11, "^": 12, "|": 13, "&&": 14, "||": 15, "?": 16}
 
 
-def _climb(tokens):
-    """Fold ``operand (op operand)*`` by C precedence, all binary operators left associative."""
+class _M:
+    """A mutable node for replaying libtraceevent's process_op(), which rewrites nodes in place."""
+
+    __slots__ = ("kind", "op", "left", "right", "prio", "leaf", "then", "other")
+
+    def __init__(self, leaf: Node | None = None) -> None:
+        self.kind, self.op, self.left, self.right, self.prio = "leaf", "", None, None, 0
+        self.leaf, self.then, self.other = leaf, None, None
+
+    def clone(self) -> _M:
+        m = _M()
+        m.assign(self)
+        return m
+
+    def assign(self, o: _M) -> None:
+        for k in self.__slots__:
+            setattr(self, k, getattr(o, k))
+
+    @classmethod
+    def of(cls, n: Node) -> _M:
+        inner = n.inner if isinstance(n, _Paren) else None
+        inner = _u(inner) if inner is not None else None
+        if isinstance(inner, Binary):
+            m = cls()
+            m.kind, m.op, m.prio = "op", inner.op, _PRIO[inner.op]
+            m.left, m.right = cls(inner.left), cls(inner.right)
+            return m
+        if isinstance(inner, Cond):
+            m = cls()
+            m.kind, m.op, m.prio = "cond", "?", 0
+            m.left, m.then, m.other = cls(inner.test), inner.then, inner.other
+            return m
+        return cls(n)
+
+    def node(self) -> Node:
+        if self.kind == "op":
+            return Binary(self.op, self.left.node(), self.right.node())
+        if self.kind == "cond":
+            return Cond(self.left.node(), self.then, self.other)
+        return _u(self.leaf)
+
+
+def _process_op(items: list, arg: _M, pos: int) -> None:
+    """libtraceevent's process_op() over a flat ``operand (op operand)* [? then-else]`` list.
+
+    It differs from C: operators of equal priority group to the right, a parenthesised right operand whose
+    operator binds looser is rotated out of its parentheses (``a & (b | c)`` becomes ``(a & b) | c``), and a ``?``
+    takes as its test the node being built at that point of the recursion.
+    """
+    op = items[pos]
+    if op == "?":
+        then, other = items[pos + 1]
+        test = arg.clone()
+        arg.kind, arg.op, arg.prio, arg.left, arg.then, arg.other = "cond", "?", 0, test, then, other
+        arg.right = arg.leaf = None
+        return
+    left = arg.clone()
+    arg.kind, arg.op, arg.left, arg.right, arg.prio, arg.leaf = "op", op, left, None, _PRIO[op], None
+    operand = items[pos + 1]
+    right = _M.of(operand)
+    pos += 2
+    if isinstance(operand, Unary) and pos < len(items):
+        # a unary operand continues the chain itself before its parent looks at it
+        _process_op(items, right, pos)
+        pos = len(items)
+    if right.kind in ("op", "cond") and _PRIO[op] < _PRIO[right.op]:
+        if right.kind == "cond":
+            arg.right = right.left
+            test = arg.clone()
+            arg.kind, arg.op, arg.prio, arg.left, arg.then, arg.other = "cond", "?", 0, test, right.then, right.other
+            arg.right = arg.leaf = None
+            right = test
+        else:
+            arg.right = right.left
+            tmp = arg.clone()
+            arg.assign(right)
+            right.assign(tmp)
+            arg.left = right
+    else:
+        arg.right = right
+    if pos < len(items):
+        nxt = items[pos]
+        if _PRIO[nxt] > arg.prio:
+            _process_op(items, arg, pos)
+        else:
+            _process_op(items, right, pos)
+
+
+def _lte_chain(tokens):
+    """Build a chain the way libtraceevent's parser does (see :func:`_process_op`)."""
     items = list(tokens)
-    pos = 0
-
-    def parse(min_prec: int) -> Node:
-        nonlocal pos
-        left = items[pos]
-        pos += 1
-        while pos < len(items) and _PREC[items[pos]] >= min_prec:
-            op = items[pos]
-            pos += 1
-            right = parse(_PREC[op] + 1)
-            left = Binary(op, left, right)
-        return left
-
-    return parse(0)
+    if len(items) == 3 and isinstance(items[1], tuple) is False and items[1] == "?":
+        pass
+    if len(items) == 1:
+        return items[0]
+    cell = _M.of(items[0])
+    _process_op(items, cell, 1)
+    return cell.node()
 
 
 def _build() -> tuple[pp.ParserElement, pp.ParserElement]:
@@ -281,32 +377,33 @@ def _build() -> tuple[pp.ParserElement, pp.ParserElement]:
     type_name.set_parse_action(lambda t: " ".join(t[0].replace("*", " *").split()).replace("* *", "**"))
 
     expr = pp.Forward()
-    pair = ((LBRACE + expr + COMMA + expr + pp.Optional(COMMA) + RBRACE).set_parse_action(lambda t: Pair(t[0], t[1]))
+    pair = ((LBRACE + expr + COMMA + expr + pp.Optional(COMMA) + RBRACE).set_parse_action(lambda t: Pair(_u(t[0]), _u(t[1])))
             | (LBRACE + RBRACE).set_parse_action(lambda t: [None]))
     arg = pair | expr
     call = (ident + LPAR + pp.Group(pp.Optional(pp.DelimitedList(arg) + pp.Optional(COMMA))) + RPAR
-            ).set_parse_action(lambda t: Call(t[0], tuple(a for a in t[1] if a is not None)))
+            ).set_parse_action(lambda t: Call(t[0], tuple(_u(a) for a in t[1] if a is not None)))
     sizeof = (pp.Keyword("sizeof") + LPAR + (type_name + pp.FollowedBy(")") | expr) + RPAR).set_parse_action(
-        lambda t: Sizeof(t[1], None) if isinstance(t[1], str) else Sizeof(None, t[1]))
+        lambda t: Sizeof(t[1], None) if isinstance(t[1], str) else Sizeof(None, _u(t[1])))
     rec_field = ((pp.Keyword("REC") | LPAR + pp.Keyword("REC") + RPAR) + pp.Suppress("->") + ident
                  ).set_parse_action(lambda t: Field(t[-1]))
     stmt_expr = pp.original_text_for(pp.Literal("(") + pp.nested_expr("{", "}") + pp.Literal(")")
                                      ).set_parse_action(lambda t: Raw(t[0]))
     bare = ident.copy().set_parse_action(lambda t: Ident(t[0]))
     primary = (stmt_expr | sizeof | rec_field | call | number | char_lit | string | bare
-               | (LPAR + expr + RPAR))
+               | (LPAR + expr + RPAR).set_parse_action(lambda t: _Paren(_u(t[0]))))
     index = (pp.Suppress("[") + expr + pp.Suppress("]"))
     postfix = (primary + pp.ZeroOrMore(index)).set_parse_action(
-        lambda t: functools.reduce(lambda b, i: Index(b, i), t[1:], t[0]))
+        lambda t: functools.reduce(lambda b, i: Index(_u(b), _u(i)), t[1:], t[0]))
 
     cast_op = (LPAR + type_name + RPAR).set_parse_action(lambda t: [("cast", t[0])])
     unary_op = cast_op | pp.Regex(r"!(?!=)|~|-(?![-=>])|\+(?![+=])")
     unary = (pp.ZeroOrMore(unary_op) + postfix).set_parse_action(lambda t: _fold_unary([t]))
     binop = pp.Regex(r"<<|>>|<=|>=|==|!=|&&|\|\||[*/%+\-<>&^|](?![=])")
-    chain = (unary + pp.ZeroOrMore(binop + unary)).set_parse_action(_climb)
+    chain = unary + pp.ZeroOrMore(binop + unary)
     cond = pp.Forward()
-    cond <<= (chain + pp.Optional(pp.Suppress("?") + expr + pp.Suppress(":") + cond)).set_parse_action(
-        lambda t: Cond(t[0], t[1], t[2]) if len(t) == 3 else t[0])
+    tail = (pp.Literal("?") + expr + pp.Suppress(":") + cond).set_parse_action(
+        lambda t: [t[0], (_u(t[1]), _u(t[2]))])
+    cond <<= (chain + pp.Optional(tail)).set_parse_action(_lte_chain)
     expr <<= cond
 
     fmt_str = pp.OneOrMore(one_str).set_parse_action(lambda t: "".join(s[1:-1] for s in t))
@@ -335,7 +432,7 @@ def parse_print_fmt(text: str) -> PrintFmt:
     except pp.ParseBaseException as exc:
         raise ParseError("print fmt", exc.loc, "a format string and C expression arguments",
                          repr(text[exc.loc:exc.loc + 40])) from exc
-    return PrintFmt(res["fmt"], tuple(res["args"]), text)
+    return PrintFmt(res["fmt"], tuple(_u(a) for a in res["args"]), text)
 
 
 def parse_expr(text: str) -> Node:
@@ -345,7 +442,7 @@ def parse_expr(text: str) -> Node:
         ParseError: the text is not such an expression.
     """
     try:
-        return _EXPR.parse_string(text.strip(), parse_all=True)[0]
+        return _u(_EXPR.parse_string(text.strip(), parse_all=True)[0])
     except pp.ParseBaseException as exc:
         raise ParseError("expression", exc.loc, "a C expression", repr(text[exc.loc:exc.loc + 40])) from exc
 
