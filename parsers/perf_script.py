@@ -25,7 +25,8 @@ __all__ = ["sniff", "read"]
 _SAMPLE = (r"^\s*(?:(?P<comm>.*?)\s+)??(?:(?P<pid>-?\d+)/)?(?P<tid>-?\d+)\s+(?:\[(?P<cpu>\d+)\]\s+)?"
            r"(?P<time>\d+\.\d+):\s+(?:(?P<period>\d+)\s+)?(?P<event>\S+?):(?:\s+(?P<rest>.*?))?\s*$")
 _FRAME = r"^\s+(?P<addr>[0-9a-f]+)\s+(?P<sym>.*?)(?:\+(?P<off>0x[0-9a-f]+))?\s+\((?P<dso>.*)\)\s*$"
-_IPSYM = r"^(?P<ip>[0-9a-f]+)(?:\s+(?P<sym>.*?)(?:\+(?P<off>0x[0-9a-f]+))?(?:\s+\((?P<dso>.*)\))?)?$"
+_IPSYM = (r"^(?:(?P<fields>.*?)\s+)?(?P<ip>[0-9a-f]{1,16})\s+(?P<sym>.*?)(?:\+(?P<off>0x[0-9a-f]+))?"
+          r"\s+\((?P<dso>[^()]*)\)$|^(?P<ip_only>[0-9a-f]{1,16})$")
 _SAMPLE_RE = re.compile(_SAMPLE)
 _MAX_BYTES = 8 << 30
 
@@ -115,7 +116,7 @@ def read(path: str | os.PathLike, *, progress: Callable[[int, int], None] | None
     df = pl.DataFrame({"line": lines}).with_row_index("line_no")
     is_comment = pl.col("line").str.starts_with("#")
     is_blank = pl.col("line").str.strip_chars() == ""
-    frame = pl.col("line").str.contains(r"^\s+[0-9a-f]+\s.*\)\s*$")
+    frame = pl.col("line").str.contains(r"^\t\s*[0-9a-f]+\s.*\)\s*$")
     df = df.with_columns(kind=pl.when(is_comment).then(pl.lit("c")).when(is_blank).then(pl.lit("b"))
                          .when(frame).then(pl.lit("f"))
                          .when(pl.col("line").str.contains(_SAMPLE)).then(pl.lit("s")).otherwise(pl.lit("u")))
@@ -138,9 +139,10 @@ def read(path: str | os.PathLike, *, progress: Callable[[int, int], None] | None
         pl.col("period").cast(pl.UInt64),
         ipsym.alias("ipsym"),
     ).unnest("ipsym")
-    s = s.with_columns(pl.col("ip").str.to_integer(base=16, dtype=pl.UInt64, strict=False),
-                       pl.when(pl.col("ip").is_null() & (pl.col("rest").fill_null("") != ""))
-                       .then(pl.col("rest")).alias("fields"))
+    s = s.with_columns(pl.coalesce("ip", "ip_only").str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+                       .alias("ip"),
+                       pl.when(pl.col("ip").is_null() & pl.col("ip_only").is_null() & (rest != ""))
+                       .then(rest).otherwise(pl.col("fields")).alias("fields"))
     # callchains: frames belong to the sample line above them
     fr = (df.filter((pl.col("kind") == "f") & (pl.col("sample") >= 0))
           .select("sample", pl.col("line").str.extract_groups(_FRAME).alias("g")).unnest("g")
@@ -155,6 +157,8 @@ def read(path: str | os.PathLike, *, progress: Callable[[int, int], None] | None
         s = s.join(leaf, on="sample", how="left", maintain_order="left").with_columns(
             pl.coalesce("ip", "_lip").alias("ip"), pl.coalesce("sym", "_lsym").alias("sym"),
             pl.coalesce("dso", "_ldso").alias("dso")).drop("_lip", "_lsym", "_ldso")
+    s = s.with_columns(pl.col("callchain").fill_null([]), pl.col("callchain_ip").fill_null([])) \
+        if "callchain" in s.columns else s
     frames: dict[str, pl.DataFrame] = {}
     for (event,), part in s.group_by("event", maintain_order=True):
         out = part.select([pl.col(c).cast(t) if c in part.columns else pl.lit(None, dtype=t).alias(c)

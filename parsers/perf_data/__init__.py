@@ -304,7 +304,9 @@ class _Reader:
             self._cc_parts.append((ips, ctx, offs))
             df = df.with_columns(pl.lit(len(self._cc_parts) - 1, dtype=pl.Int32).alias("_cc_part"))
         for k, v in extra.items():
-            df = df.with_columns(v.alias(k))
+            # a tracepoint field named like a sample column (sched_wakeup's pid, comm) is kept as tp_<name>
+            name = f"tp_{k}" if k in SAMPLE_SCHEMA or k in df.columns else k
+            df = df.with_columns(v.alias(name))
         return df
 
     def run(self, kallsyms, progress) -> Trace:
@@ -322,20 +324,7 @@ class _Reader:
         ksyms, ksrc = self._kallsyms(kallsyms)
         self.metadata["kallsyms_source"] = ksrc
         sym = Symbolizer(ksyms, tables, self.options.get("symfs"))
-        frames: dict[str, pl.DataFrame] = {}
-        orphans = []
-        for name, parts in per_event.items():
-            df = sym.finish(parts, self._cc_parts, tables)
-            if "tid" in df.columns:
-                # perf script finds no thread for tid -1 and skips the sample; keep such samples as a table
-                lone = df["tid"] == -1
-                if lone.any():
-                    orphans.append(df.filter(lone).with_columns(pl.lit(name).alias("event")))
-                    df = df.filter(~lone)
-            frames[name] = df
-        if orphans:
-            tables["samples_without_thread"] = pl.concat(orphans, how="diagonal_relaxed")
-        self.metadata["samples_without_thread"] = sum(o.height for o in orphans)
+        frames = {name: sym.finish(parts, self._cc_parts, tables) for name, parts in per_event.items()}
         lost = self._lost(tables)
         md = self.metadata
         md["attrs"] = [{"name": a.name, "ids": a.ids, **a.attr} for a in self.attrs]
@@ -397,12 +386,28 @@ class _Reader:
             uname = os.uname()
             if (self.metadata.get("hostname") == uname.nodename and self.metadata.get("osrelease") == uname.release
                     and os.access("/proc/kallsyms", os.R_OK)):
-                ks = Kallsyms.from_file("/proc/kallsyms")
+                ks = _proc_kallsyms()
                 if len(ks) and ks.addrs[-1] != 0:
                     return ks, "/proc/kallsyms"
         except (OSError, TracekitError):
             pass
         return None, "none"
+
+
+_PROC: dict[str, Kallsyms] = {}
+
+
+def _proc_kallsyms() -> Kallsyms:
+    """/proc/kallsyms, parsed once per boot of this machine."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            key = f.read().strip()
+    except OSError:
+        key = "?"
+    if key not in _PROC:
+        _PROC.clear()
+        _PROC[key] = Kallsyms.from_file("/proc/kallsyms")
+    return _PROC[key]
 
 
 def read(path: str | os.PathLike, *, kallsyms=None, progress: Callable[[int, int], None] | None = None,

@@ -21,24 +21,12 @@ UNKNOWN = "[unknown]"
 
 
 def perf_kallsyms(ks: Kallsyms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """kallsyms as perf loads it: text/data/bss symbols only, one per address chosen like perf's
-    ``choose_best_symbol`` (global over weak and local, fewer leading underscores, longer name)."""
-    types = np.array([str(t) for t in ks.types], dtype=object)
-    df = pl.DataFrame({"addr": ks.addrs, "name": pl.Series(list(ks.names), dtype=pl.String),
-                       "type": pl.Series(list(types), dtype=pl.String),
-                       "module": pl.Series(list(ks.modules), dtype=pl.String)})
-    df = df.filter(pl.col("type").str.to_uppercase().is_in(["T", "W", "D", "B"]))
-    df = df.with_columns(
-        weak=pl.col("type").str.to_uppercase() == "W",
-        local=pl.col("type").str.to_lowercase() == pl.col("type"),
-        under=pl.col("name").str.len_chars() - pl.col("name").str.strip_chars_start("_").str.len_chars(),
-        length=pl.col("name").str.len_chars(),
-        order=pl.int_range(pl.len()),
-    )
-    df = (df.sort(["addr", "weak", "local", "under", "length", "order"],
-                  descending=[False, False, False, False, True, False])
-          .unique("addr", keep="first", maintain_order=True))
-    return df["addr"].to_numpy(), df["name"].to_numpy(), df["module"].to_numpy()
+    """kallsyms as perf loads it: text/data/bss symbols only; of several at one address the last one listed wins
+    (perf gives the earlier ones zero length when it fixes up symbol ends, then prefers the one with a length)."""
+    keep = np.isin(ks.types, np.array(list("TtWwDdBb"), dtype=object))
+    addrs, names, mods = ks.addrs[keep], ks.names[keep], ks.modules[keep]
+    last = np.append(addrs[1:] != addrs[:-1], True) if len(addrs) else np.zeros(0, dtype=bool)
+    return addrs[last], names[last], mods[last]
 
 
 _ELF64_SYM = np.dtype([("st_name", "<u4"), ("st_info", "u1"), ("st_other", "u1"), ("st_shndx", "<u2"),
@@ -275,13 +263,23 @@ class Symbolizer:
         left = df.with_columns((pl.col("ts") if "ts" in df.columns else pl.lit(0)).cast(pl.Int64).alias("_cts"),
                                pl.int_range(pl.len()).alias("_row")).sort("_cts", maintain_order=True)
         j = left.join_asof(cc, on="_cts", by="tid", strategy="backward")
-        # a thread with no COMM yet carries its parent's (fork copies it)
+        # a thread with no COMM yet carries the comm its parent had when it forked (up the fork chain)
         if self.fork is not None and self.fork.height and j["comm"].null_count():
-            par = self.fork.select(pl.col("tid").cast(pl.Int32), pl.col("ptid").cast(pl.Int32)).unique("tid")
-            j = j.join(par, on="tid", how="left", maintain_order="left")
-            pc = cc.rename({"tid": "ptid", "comm": "_pcomm"})
-            j = j.sort("_cts", maintain_order=True).join_asof(pc, on="_cts", by="ptid", strategy="backward")
-            j = j.with_columns(pl.coalesce("comm", "_pcomm").alias("comm")).drop("ptid", "_pcomm")
+            fk = (self.fork.select(pl.col("tid").cast(pl.Int32), pl.col("ptid").cast(pl.Int32),
+                                   pl.col("time").cast(pl.Int64).alias("_ftime")).unique("tid", keep="last"))
+            anc = j.filter(pl.col("comm").is_null()).select("_row", pl.col("tid").alias("_anc"))
+            found = []
+            for _ in range(16):
+                anc = anc.join(fk, left_on="_anc", right_on="tid", how="inner")
+                if not anc.height:
+                    break
+                look = anc.select("_row", pl.col("ptid").alias("tid"), pl.col("_ftime").alias("_cts")).sort("_cts")
+                got = look.join_asof(cc, on="_cts", by="tid", strategy="backward")
+                found.append(got.filter(pl.col("comm").is_not_null()).select("_row", pl.col("comm").alias("_pc")))
+                anc = got.filter(pl.col("comm").is_null()).select("_row", pl.col("tid").alias("_anc"))
+            if found:
+                j = (j.join(pl.concat(found).unique("_row"), on="_row", how="left")
+                     .with_columns(pl.coalesce("comm", "_pc").alias("comm")).drop("_pc"))
         j = j.with_columns(pl.when(pl.col("comm").is_null() & (pl.col("pid") == 0)).then(pl.lit("swapper"))
                            .when(pl.col("comm").is_null()).then(pl.format(":{}", pl.col("tid")))
                            .otherwise(pl.col("comm")).alias("comm"))
