@@ -274,14 +274,13 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
             names = [b.name for b in info.buffers]
             raise UnsupportedFormatError(path, f"no buffer {buffer!r} in this file (buffers: {names})")
     blob = Blob(mm, path, info.big_endian)
-    parts = []
-    total = sum(c.size for b in buffers for c in b.cpus)
+    total = sum(c.size for b in buffers for c in b.cpus) or 1
     done = 0
+    bufs, cols, lost_rows = [], [], []
+    base = 0
     for g, b in enumerate(buffers):
-        psize = b.page_size or info.page_size
-        if psize != info.page_size and len(buffers) > 1:
-            damage.append(ParseError(path, b.offset, f"one page size for all buffers ({info.page_size})", psize))
-            continue
+        page_size = b.page_size or info.page_size
+        parts = []
         for c in b.cpus:
             try:
                 data, off = cpu_bytes(blob, info, b, c)
@@ -292,21 +291,24 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
             done += c.size
             if progress is not None:
                 progress(done, total)
-    page_size = (buffers[0].page_size or info.page_size) if buffers else info.page_size
-    ps = build_pageset(parts, page_size, path, damage)
-    recs = walk(ps, page_size, long_size, info.big_endian, path)
-    damage.extend(recs.damage)
-    cpu = ps.cpu[recs.page]
-    group = ps.group[recs.page]
-    ts = _to_ns(recs.ts, md)
+        ps = build_pageset(parts, page_size, path, damage)
+        recs = walk(ps, page_size, long_size, info.big_endian, path)
+        damage.extend(recs.damage)
+        cols.append((recs.data + base, recs.length, _to_ns(recs.ts, md), ps.cpu[recs.page], ps.group[recs.page]))
+        lost_rows.append((ps.cpu, ps.group, recs.lost))
+        bufs.append(ps.buf)
+        base += len(ps.buf)
+    buf = np.concatenate(bufs) if len(bufs) > 1 else (bufs[0] if bufs else np.zeros(16, np.uint8))
+    data, length, ts, cpu, group = (np.concatenate([c[i] for c in cols]) if cols else np.zeros(0, np.int64)
+                                    for i in range(5))
     order = np.argsort(ts, kind="stable")
-    data, length, ts, cpu, group = recs.data[order], recs.length[order], ts[order], cpu[order], group[order]
-    u32 = ps.buf[: len(ps.buf) // 4 * 4].view(">u4" if info.big_endian else "<u4")
+    data, length, ts, cpu, group = data[order], length[order], ts[order], cpu[order], group[order]
+    u32 = buf[: len(buf) // 4 * 4].view(">u4" if info.big_endian else "<u4")
     word = u32[data >> 2] if len(data) else np.zeros(0, np.uint32)
     ids = ((word >> 16) if info.big_endian else (word & 0xFFFF)).astype(np.int32)
     ids[length < 2] = -1
-    lost = _lost_frame(ps, recs.lost, buffers)
-    st = _State(path, ps.buf, info.big_endian, long_size, formats, pids, comms, [b.name for b in buffers],
+    lost = _lost_frame(lost_rows, buffers)
+    st = _State(path, buf, info.big_endian, long_size, formats, pids, comms, [b.name for b in buffers],
                 kallsyms, printk)
     frames: dict = {}
     counts: dict[str, int] = {}
@@ -333,18 +335,21 @@ def _builder(st: _State, fmt: EventFormat, *arrays):
     return build
 
 
-def _lost_frame(ps, lost: np.ndarray, buffers) -> pl.DataFrame:
+def _lost_frame(rows, buffers) -> pl.DataFrame:
+    """Per (buffer, CPU): events reported lost with a count, and pages that said "lost" without one."""
     multi = len(buffers) > 1
     schema = dict(LOST_SCHEMA)
     if multi:
         schema["buffer"] = pl.String
-    if not len(lost):
+    cpu = np.concatenate([r[0] for r in rows]) if rows else np.zeros(0, np.int32)
+    if not len(cpu):
         return pl.DataFrame(schema=schema)
-    df = pl.DataFrame({"cpu": pl.Series(ps.cpu, dtype=pl.Int32), "g": ps.group,
+    g = np.concatenate([r[1] for r in rows])
+    lost = np.concatenate([r[2] for r in rows])
+    names = pl.Series([b.name for b in buffers], dtype=pl.String)
+    df = pl.DataFrame({"cpu": pl.Series(cpu, dtype=pl.Int32), "g": g,
                        "lost": np.where(lost > 0, lost, 0), "lost_unknown": (lost < 0).astype(np.int64)})
     df = df.group_by(["g", "cpu"]).agg(pl.col("lost").sum().cast(pl.Int64), pl.col("lost_unknown").sum()
                                        .cast(pl.Int64)).filter((pl.col("lost") > 0) | (pl.col("lost_unknown") > 0))
-    if multi:
-        names = [b.name for b in buffers]
-        df = df.with_columns(pl.col("g").map_elements(lambda i: names[i], return_dtype=pl.String).alias("buffer"))
-    return df.sort(["g", "cpu"]).select(list(schema))
+    df = df.sort(["g", "cpu"]).with_columns(buffer=names.gather(df.sort(["g", "cpu"])["g"]))
+    return df.select(list(schema))
