@@ -19,7 +19,7 @@ from .errors import MissingEventError, ParseError
 from .formats import EventFormat
 from .symbols import Kallsyms
 
-__all__ = ["Trace", "TS", "CPU", "LOST_SCHEMA", "empty_lost"]
+__all__ = ["Trace", "TS", "CPU", "LOST_SCHEMA", "LOST_MARKS_SCHEMA", "empty_lost"]
 
 TS = "ts"
 CPU = "cpu"
@@ -27,7 +27,17 @@ CPU = "cpu"
 LOST_SCHEMA = {"cpu": pl.Int32, "lost": pl.Int64, "lost_unknown": pl.Int64}
 """``Trace.lost_events``: per CPU, events the ring buffer (or perf) reported lost with a count (``lost``) and the
 number of places that said "events were lost here" without a count (``lost_unknown``). Files with several buffers
-add a ``buffer`` column."""
+add a ``buffer`` column.
+
+A reader that knows WHERE events were lost (trace.dat: the page whose ``commit`` has the missed-events flag) also
+gives ``Trace.tables["lost_marks"]`` with :data:`LOST_MARKS_SCHEMA`, one row per such place; the KVM detectors use it
+to mark only the VM-exit windows that overlap a loss as inconclusive (without it, every window on that CPU is)."""
+
+LOST_MARKS_SCHEMA = {"cpu": pl.Int32, "ts": pl.Int64, "prev_ts": pl.Int64, "lost": pl.Int64,
+                     "lost_unknown": pl.Int64}
+"""``Trace.tables["lost_marks"]``: per flagged page, its CPU, ``ts`` of its first event, ``prev_ts`` of the last
+event before it on that CPU (null if none), ``lost`` (count, 0 when not stored) and ``lost_unknown`` (1 when the
+count was not stored). Files with several buffers add a ``buffer`` column."""
 
 
 def empty_lost() -> pl.DataFrame:
