@@ -346,11 +346,39 @@ def _process_op(items: list, arg: _M, pos: int) -> None:
             _process_op(items, right, pos)
 
 
+_C_PREC = {"*": 10, "/": 10, "%": 10, "+": 9, "-": 9, "<<": 8, ">>": 8, "<": 7, "<=": 7, ">": 7, ">=": 7, "==": 6,
+           "!=": 6, "&": 5, "^": 4, "|": 3, "&&": 2, "||": 1}
+_DIALECT = {"c": False}
+
+
+def _c_chain(items: list) -> Node:
+    """Fold ``operand (op operand)* [? then-else]`` by C's precedence (binary operators left associative)."""
+    cond = None
+    if len(items) >= 3 and items[-2] == "?":
+        cond = items[-1]
+        items = items[:-2]
+    pos = 0
+
+    def parse(min_prec: int) -> Node:
+        nonlocal pos
+        left = _u(items[pos])
+        pos += 1
+        while pos < len(items) and _C_PREC[items[pos]] >= min_prec:
+            op = items[pos]
+            pos += 1
+            left = Binary(op, left, parse(_C_PREC[op] + 1))
+        return left
+
+    node = parse(0) if len(items) > 1 else items[0]
+    return Cond(_u(node), cond[0], cond[1]) if cond else node
+
+
 def _lte_chain(tokens):
-    """Build a chain the way libtraceevent's parser does (see :func:`_process_op`)."""
+    """Build a chain the way libtraceevent's parser does (see :func:`_process_op`), or by C's rules when
+    :func:`parse_print_fmt` is asked for the C dialect."""
     items = list(tokens)
-    if len(items) == 3 and isinstance(items[1], tuple) is False and items[1] == "?":
-        pass
+    if _DIALECT["c"]:
+        return _c_chain(items)
     if len(items) == 1:
         return items[0]
     cell = _M.of(items[0])
@@ -414,12 +442,15 @@ def _build() -> tuple[pp.ParserElement, pp.ParserElement]:
 _LINE, _EXPR = _build()
 
 
-@functools.lru_cache(maxsize=2048)
-def parse_print_fmt(text: str) -> PrintFmt:
+@functools.lru_cache(maxsize=4096)
+def parse_print_fmt(text: str, dialect: str = "libtraceevent") -> PrintFmt:
     """Parse the text after ``print fmt:``.
 
     Args:
         text: e.g. ``"irq=%d name=%s", REC->irq, __get_str(name)``.
+        dialect: ``"libtraceevent"`` builds expression trees as libtraceevent 1.8 does (what trace-cmd prints:
+            equal priorities group to the right and ``a & (b | c)`` is read as ``(a & b) | c``); ``"c"`` follows C's
+            precedence and parentheses (what the kernel meant).
 
     Returns:
         The format string (escapes as written) and the argument ASTs.
@@ -427,24 +458,34 @@ def parse_print_fmt(text: str) -> PrintFmt:
     Raises:
         ParseError: the text is not a string literal followed by C expressions.
     """
+    _DIALECT["c"] = dialect == "c"
+    pp.ParserElement.reset_cache()
     try:
         res = _LINE.parse_string(text.strip(), parse_all=True)
     except pp.ParseBaseException as exc:
         raise ParseError("print fmt", exc.loc, "a format string and C expression arguments",
                          repr(text[exc.loc:exc.loc + 40])) from exc
+    finally:
+        _DIALECT["c"] = False
+        pp.ParserElement.reset_cache()
     return PrintFmt(res["fmt"], tuple(_u(a) for a in res["args"]), text)
 
 
-def parse_expr(text: str) -> Node:
-    """Parse one C expression of a print fmt argument list.
+def parse_expr(text: str, dialect: str = "libtraceevent") -> Node:
+    """Parse one C expression of a print fmt argument list (``dialect`` as in :func:`parse_print_fmt`).
 
     Raises:
         ParseError: the text is not such an expression.
     """
+    _DIALECT["c"] = dialect == "c"
+    pp.ParserElement.reset_cache()
     try:
         return _u(_EXPR.parse_string(text.strip(), parse_all=True)[0])
     except pp.ParseBaseException as exc:
         raise ParseError("expression", exc.loc, "a C expression", repr(text[exc.loc:exc.loc + 40])) from exc
+    finally:
+        _DIALECT["c"] = False
+        pp.ParserElement.reset_cache()
 
 
 _CONV = re.compile(r"%(?P<body>[#hlLzZ.0-9\-+* ]*)(?P<conv>[A-Za-z%]?)")

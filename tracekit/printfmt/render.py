@@ -217,8 +217,9 @@ def symbolic_columns(trace, fmt: EventFormat, df: pl.DataFrame) -> pl.DataFrame:
     """Add a String column ``<field>_name`` for every field a ``__print_symbolic``/``__print_flags`` (or their
     ``_u64`` forms) of the event's print fmt applies to.
 
-    The column is the text of the whole argument the helper sits in, evaluated exactly as rendering does (masks,
-    shifts and conditionals included), so kvm_exit's ``exit_reason_name`` follows the ``isa`` ternary: the VMX table
+    The column is the text of the whole argument the helper sits in, evaluated with C's precedence (what the
+    kernel meant; rendering follows libtraceevent's own grouping instead, which differs for e.g. timer_start's
+    ``flags & (A | B)``), masks, shifts and conditionals included, so kvm_exit's ``exit_reason_name`` follows the ``isa`` ternary: the VMX table
     when ``isa == 1``, the SVM table otherwise. When several arguments name the same field the first one wins
     (kvm_exit's second ``__print_flags`` on ``exit_reason``, which only adds ``FAILED_VMENTRY``, is not a column).
 
@@ -231,7 +232,7 @@ def symbolic_columns(trace, fmt: EventFormat, df: pl.DataFrame) -> pl.DataFrame:
         ``df`` with the columns added (unchanged when the print fmt has no symbolic helper or cannot be parsed).
     """
     try:
-        pf: PrintFmt = parse_print_fmt(fmt.print_fmt)
+        pf: PrintFmt = parse_print_fmt(fmt.print_fmt, "c")
     except Exception:  # noqa: BLE001 - no symbolic columns for a print fmt the grammar rejects
         return df
     comp = Compiler(fmt, dict(df.schema), _long_size(trace) if trace is not None else 8,
