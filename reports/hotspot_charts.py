@@ -30,12 +30,18 @@ def _frame(result: Any, name: str) -> pl.DataFrame | None:
     return df if df is not None and not df.is_empty() else None
 
 
+_ORDER = ("perf", "funcgraph", "contention")
+_WHAT = {"perf": "samples", "funcgraph": "wall time inside", "contention": "wall time waiting"}
+
+
 def _source(result: Any) -> str | None:
+    """The source the rule's ``hotspots`` row uses: the first of perf, funcgraph, contention with time in the set."""
     tl = _frame(result, "timeline")
     if tl is None:
         return None
-    sources = tl["source"].unique().to_list()
-    return "perf" if "perf" in sources else sources[0]
+    present = [s for s in _ORDER if s in set(tl["source"].to_list())]
+    hot = set(tl.filter(pl.col("lock") > 0)["source"].to_list())
+    return next((s for s in present if s in hot), present[0] if present else None)
 
 
 def _label(row_comm: str | None, tid: int) -> str:
@@ -78,8 +84,7 @@ def heatmap(result: Any) -> Figure | None:
                   [_label(c, t) for c, t in zip(threads["comm"].to_list(), threads["tid"].to_list(), strict=True)],
                   fontsize=7)
     ax.set_xlabel("time (s)")
-    what = "samples" if src == "perf" else "wall time waiting"
-    ax.set_title(f"Share of each thread's {what} in the lock, per {bucket_s:g} s bucket ({src})")
+    ax.set_title(f"Share of each thread's {_WHAT.get(src, src)} in the lock, per {bucket_s:g} s bucket ({src})")
     fig.colorbar(im, ax=ax, label="% in lock")
     return fig
 
@@ -124,7 +129,7 @@ def share_area(result: Any) -> Figure | None:
         p = per.filter(pl.col("source") == src)
         text = p["text"][0] if p.height else ""
     ax.set_xlabel("time (s)")
-    ax.set_ylabel("% of the lock threads' time" if src == "perf" else "% of wall time waiting")
+    ax.set_ylabel("% of the lock threads' samples" if src == "perf" else f"% of {_WHAT.get(src, src)}")
     ax.set_ylim(0, 100)
     ax.set_title(f"Share in the lock over time ({src}); shaded: bursts — {text}")
     ax.legend(loc="upper right", fontsize=7, ncols=2)
@@ -153,7 +158,8 @@ def top_paths(result: Any) -> Figure | None:
     for yi, s, n in zip(y, shares, tp["samples"].to_list(), strict=True):
         ax.text(s, yi, f" {s:.1f}% ({n})", va="center", fontsize=7)
     ax.set_xlim(0, max(shares.max() * 1.25, 1.0))
-    ax.set_xlabel("% of all samples" if src == "perf" else "% of all contention wait time")
+    ax.set_xlabel({"perf": "% of all samples", "funcgraph": "% of the time in the set"}.get(
+        src, "% of all contention wait time"))
     ax.set_title(f"Top call paths into the lock ({src})")
     return fig
 

@@ -75,3 +75,15 @@ def test_perf_only_result_has_no_wait_histogram():
     figs = hotspot_charts.figures(res)
     assert set(figs) == NAMES - {"hotspot_waits"}
     assert hotspot_charts.figures(RuleResult(rule="mutex-hotspots", ran=False)) == {}
+
+
+def test_charts_follow_the_source_that_reaches_the_lock():
+    df, _ = periodic_samples(2.0, 0.8, duration_s=2.0, seed=5)
+    unnamed = df.with_columns(callchain=pl.lit(["[unknown]", "[unknown]"], dtype=pl.List(pl.String)))
+    res = MutexHotspots().run(Inputs(host=(perf_trace(unnamed), contention_trace())), {"bucket_s": 1e-7})
+    assert res.frames["hotspots"]["samples"][0] == 3  # the contention waits in the set, not 0 samples
+    assert any("buckets; using" in n for n in res.notes)  # 2 s of samples in 100 ns buckets: widened
+    fig = hotspot_charts.heatmap(res)
+    assert "(contention)" in fig.axes[0].get_title()
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["CPU 0/KVM-10", "CPU 1/KVM-11"]

@@ -62,7 +62,8 @@ Frames of the :class:`~tracekit.detectors.RuleResult` (the report helper reads t
     ``source`` + :data:`~tracekit.detectors.periodicity.BURSTS_SCHEMA`.
 ``periodicity``
     One row per source: ``source``, ``period_s``, ``confidence``, ``method``, ``bursts``, ``mean_burst_s``,
-    ``text`` (``bursts every ~4.0 s lasting ~1.9 s``).
+    ``text`` (``bursts every ~4.0 s lasting ~1.9 s``), ``bucket_s`` (the bucket used: ``bucket_s``, widened when a
+    source would need more than :data:`MAX_BUCKETS`).
 
 A ``warning`` Finding is raised for each thread whose share exceeds ``thread_threshold`` (default 0.2) in more than
 one consecutive bucket (at least ``min_bucket_samples`` samples in each for perf). Vectorised: list operations
@@ -144,6 +145,19 @@ def _name_hex_frames(df: pl.DataFrame, kallsyms) -> pl.DataFrame:
     return df.with_columns(chains.alias("callchain"))
 
 
+MAX_BUCKETS = 200_000
+"""More buckets than this over one source's time span widens the bucket (and says so in the notes)."""
+
+
+def _bucket(span_ns: int, bucket_ns: int, source: str, res: RuleResult) -> int:
+    if span_ns // bucket_ns <= MAX_BUCKETS:
+        return bucket_ns
+    wide = -(-span_ns // MAX_BUCKETS)
+    res.notes.append(f"{source}: {span_ns / 1e9:g} s in {bucket_ns / 1e9:g} s buckets is more than {MAX_BUCKETS} "
+                     f"buckets; using {wide / 1e9:g} s")
+    return wide
+
+
 @register
 class MutexHotspots:
     """Share of time in ``perf_event_ctx_lock*`` (or another symbol set) per thread and over time, the call paths
@@ -210,6 +224,7 @@ class MutexHotspots:
         # without a period (or with none recorded) every sample weighs one
         weight = pl.col("period").cast(pl.Int64).fill_null(1) if "period" in df.columns else pl.lit(1, pl.Int64)
         t0 = int(df["ts"].min())
+        bucket_ns = _bucket(int(df["ts"].max()) - t0, bucket_ns, "perf", res)
         s = df.select(pl.col("ts").cast(pl.Int64), pl.col("pid").cast(pl.Int32), pl.col("tid").cast(pl.Int32),
                       pl.col("comm").cast(pl.String), weight.alias("w"), in_set.alias("hit"), path.alias("path"),
                       where.alias("where"), ((pl.col("ts") - t0) // bucket_ns).alias("bucket"))
@@ -285,6 +300,7 @@ class MutexHotspots:
         """Wall-time shares from time intervals in the set (``mine``: pid, comm, ts, end_ts, wait_ns, path) among
         all the source's rows (``every``: pid, for the per-thread totals)."""
         span = max(hi - lo, 1)
+        bucket_ns = _bucket(span, bucket_ns, source, res)
         iv = union_intervals(mine) if mine.height else pl.DataFrame(schema={"pid": pl.Int32, "comm": pl.String,
                                                                             "ts": pl.Int64, "end_ts": pl.Int64})
         names = mine.group_by("pid").agg(pl.col("comm").drop_nulls().last())
@@ -350,10 +366,11 @@ class MutexHotspots:
                                                      "share_of_lock"))
         parts.setdefault("bursts", []).append(bursts.select(src, *BURSTS_SCHEMA))
         parts.setdefault("periodicity", []).append(pl.DataFrame(
-            {"source": [source], "period_s": [None if per.period_s is None else float(per.period_s)],
+            {"source": [source], "bucket_s": [bucket_s],
+             "period_s": [None if per.period_s is None else float(per.period_s)],
              "confidence": [per.confidence], "method": [per.method], "bursts": [per.bursts],
              "mean_burst_s": [per.mean_burst_s], "text": [per.text]},
-            schema={"source": pl.String, "period_s": pl.Float64, "confidence": pl.Float64, "method": pl.String,
+            schema={"source": pl.String, "bucket_s": pl.Float64, "period_s": pl.Float64, "confidence": pl.Float64, "method": pl.String,
                     "bursts": pl.Int64, "mean_burst_s": pl.Float64, "text": pl.String}))
 
     @staticmethod
@@ -393,13 +410,14 @@ class MutexHotspots:
         if long.is_empty():
             return out
         per = frames["periodicity"]
-        bucket_s = float(cfg["bucket_s"])
         for (source,), grp in long.group_by(["source"], maintain_order=True):
+            bucket_s = float(per.filter(pl.col("source") == source)["bucket_s"][0])
             ev = (grp.group_by("tid").agg(pl.col("comm").first(), runs=pl.len(), longest_s=pl.col("buckets").max()
                                           * bucket_s, first_s=pl.col("start_s").min(), peak=pl.col("peak").max())
                   .sort("longest_s", descending=True))
             text = per.filter(pl.col("source") == source)["text"]
-            what = "of their sampled time" if source == "perf" else "of wall time waiting"
+            what = {"perf": "of their sampled time", "funcgraph": "of wall time inside"}.get(source,
+                                                                                          "of wall time waiting")
             top = frames["top_paths"].filter(pl.col("source") == source).head(1)
             via = (f" Mostly through {top['path'][0]} ({top['share_of_lock'][0]:.0%} of the time in the lock)."
                    if top.height else "")
