@@ -147,7 +147,7 @@ def _worst_windows(analysis: Any) -> list[dict[str, Any]]:
     ev = analysis.window_events
     if ev.is_empty():
         return []
-    flagged = (analysis.multi_pmi_exits.sort(["pmi_count", "exit_ts"], descending=[True, False]).head(5))
+    flagged = analysis.worst_exits
     out = []
     for i, w in enumerate(flagged.iter_rows(named=True)):
         rows = ev.filter(pl.col("window") == i).drop("window")
@@ -199,6 +199,7 @@ def _context(analysis: Any, images: Mapping[str, bytes]) -> dict[str, Any]:
         "flagged": _table(analysis.multi_pmi_exits),
         "inconclusive": _table(analysis.inconclusive_exits, 50),
         "worst": _worst_windows(analysis),
+        "evidence_notes": list(getattr(analysis, "evidence_notes", [])),
         "exit_stats": _table(analysis.exit_stats.sort("count", descending=True)
                              if "count" in analysis.exit_stats.columns else analysis.exit_stats, 40),
         "hotspots": _hotspots(analysis),

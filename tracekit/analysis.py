@@ -64,6 +64,9 @@ WINDOW_EVENTS_SCHEMA = {"window": pl.Int32, "ts": pl.Int64, "rel_us": pl.Float64
                         "pid": pl.Int32, "comm": pl.String, "event": pl.String, "info": pl.String}
 
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
+# within a severity, the rules that answer the bug report's two questions come first
+_RULE_ORDER = {r: i for i, r in enumerate((MULTI_PMI_RULE, HOTSPOTS_RULE, "lvtpc-unmasked-after-pmi",
+                                           "pmu-msr-activity", EXIT_STATS_RULE))}
 _EVIDENCE_ROWS = 200
 _WORST_WINDOWS = 5
 
@@ -223,6 +226,7 @@ class Analysis:
     inputs: Inputs
     results: dict[str, RuleResult]
     config: Config = field(default_factory=Config)
+    evidence_notes: list[str] = field(default_factory=list)
 
     # -- frames --------------------------------------------------------------------------------------------------
     def _frame(self, rule: str, name: str, schema_: Mapping[str, pl.DataType]) -> pl.DataFrame:
@@ -239,9 +243,11 @@ class Analysis:
 
     @property
     def finding_objects(self) -> list:
-        """The :class:`~tracekit.detectors.Finding` objects, most severe first (then by rule, then count)."""
+        """The :class:`~tracekit.detectors.Finding` objects, most severe first (then multi-PMI, hotspots, other
+        rules; then by count)."""
         out = [f for r in self.results.values() for f in r.findings]
-        return sorted(out, key=lambda f: (-_RANK.get(f.severity, -1), f.rule, -int(f.count)))
+        return sorted(out, key=lambda f: (-_RANK.get(f.severity, -1), _RULE_ORDER.get(f.rule, len(_RULE_ORDER)),
+                                          f.rule, -int(f.count)))
 
     @property
     def multi_pmi_exits(self) -> pl.DataFrame:
@@ -270,19 +276,33 @@ class Analysis:
 
     # -- evidence ------------------------------------------------------------------------------------------------
     @cached_property
-    def window_events(self) -> pl.DataFrame:
-        """The event sequence of the worst flagged exits (most PMIs first, up to 5): every event of the vCPU
-        thread from its ``kvm_exit`` to the next ``kvm_entry``, rendered as ``trace-cmd report`` prints it."""
+    def worst_exits(self) -> pl.DataFrame:
+        """The flagged exits whose events the report shows (up to 5): most PMIs first, one per vCPU and route set
+        before a second of the same kind, earliest first; row ``i`` is ``window == i`` of :attr:`window_events`."""
         flagged = self.multi_pmi_exits
         if flagged.is_empty():
+            return flagged
+        kind = pl.struct("vcpu", pl.col("sources").list.join(","))
+        ranked = (flagged.sort(["pmi_count", "exit_ts"], descending=[True, False], maintain_order=True)
+                  .with_columns(kind.cum_count().over(kind).alias("_nth"))
+                  .sort(["_nth", "pmi_count", "exit_ts"], descending=[False, True, False], maintain_order=True))
+        return ranked.drop("_nth").head(_WORST_WINDOWS)
+
+    @cached_property
+    def window_events(self) -> pl.DataFrame:
+        """The event sequence of :attr:`worst_exits`: every event of the vCPU thread from its ``kvm_exit`` to the
+        next ``kvm_entry``, rendered as ``trace-cmd report`` prints it (column ``window`` = row of worst_exits)."""
+        worst = self.worst_exits
+        if worst.is_empty():
             return _empty(WINDOW_EVENTS_SCHEMA)
-        worst = (flagged.with_row_index("_i").sort(["pmi_count", "exit_ts"], descending=[True, False])
-                 .head(_WORST_WINDOWS))
         parts = []
         for trace in self.inputs.host:
             if not trace.has("kvm_exit"):
                 continue
-            parts.append(_window_events(trace, worst))
+            events, note = _window_events(trace, worst)
+            parts.append(events)
+            if note:
+                self.evidence_notes.append(note)
         parts = [p for p in parts if not p.is_empty()]
         if not parts:
             return _empty(WINDOW_EVENTS_SCHEMA)
@@ -378,8 +398,9 @@ class Analysis:
         return render_fragment(self)
 
 
-def _window_events(trace: Trace, worst: pl.DataFrame) -> pl.DataFrame:
-    """Events of ``trace`` that fall in the windows of ``worst`` (pid and [exit_ts, entry_ts]), rendered."""
+def _window_events(trace: Trace, worst: pl.DataFrame) -> tuple[pl.DataFrame, str | None]:
+    """Events of ``trace`` that fall in the windows of ``worst`` (pid and [exit_ts, entry_ts]), rendered; and why
+    the text is plain ``field=value`` when the print-fmt renderer failed."""
     end = pl.col("entry_ts").fill_null(pl.col("exit_ts") + 10_000_000)  # open window: show 10 ms after the exit
     wins = worst.select(pl.int_range(pl.len(), dtype=pl.Int32).alias("window"), pl.col("pid").cast(pl.Int32),
                         pl.col("exit_ts").alias("_lo"), end.alias("_hi"))
@@ -394,13 +415,24 @@ def _window_events(trace: Trace, worst: pl.DataFrame) -> pl.DataFrame:
         if not sub.is_empty():
             frames[name] = sub
     if not frames:
-        return _empty(WINDOW_EVENTS_SCHEMA)
-    sub_trace = Trace(source=trace.source, format=trace.format, frames=frames, metadata=trace.metadata,
-                      formats=trace.formats, kallsyms=trace.kallsyms, short_names=False)
-    try:
-        text = sub_trace.render()
-    except (TracekitError, ImportError, AttributeError, NotImplementedError):
-        text = _plain_render(frames)
+        return _empty(WINDOW_EVENTS_SCHEMA), None
+    texts, failed = [], []
+    for name, sub in frames.items():  # one event at a time: a renderer failure costs only that event's text
+        one = Trace(source=trace.source, format=trace.format, frames={name: sub}, metadata=trace.metadata,
+                    formats=trace.formats, kallsyms=trace.kallsyms, short_names=False)
+        try:
+            part = one.render()
+        except (TracekitError, ImportError, AttributeError, NotImplementedError, ValueError, TypeError,
+                pl.exceptions.PolarsError) as exc:
+            failed.append(f"{name} ({type(exc).__name__})")
+            part = _plain_render({name: sub})
+        texts.append(part.select(pl.col("ts").cast(pl.Int64), pl.col("cpu").cast(pl.Int32),
+                                 pl.col("common_pid").cast(pl.Int32),
+                                 pl.col("common_comm").cast(pl.String), pl.col("event").cast(pl.String),
+                                 pl.col("info").cast(pl.String)))
+    text = pl.concat(texts).sort("ts", maintain_order=True)
+    note = (f"shown as field=value because rendering their print format failed: {', '.join(failed)}"
+            if failed else None)
     text = text.select(pl.col("ts").cast(pl.Int64), pl.col("cpu").cast(pl.Int32),
                        pl.col("common_pid").cast(pl.Int32).alias("pid"),
                        pl.col("common_comm").cast(pl.String).alias("comm"),
@@ -408,7 +440,7 @@ def _window_events(trace: Trace, worst: pl.DataFrame) -> pl.DataFrame:
                        pl.col("info").cast(pl.String))
     joined = text.join(wins, on="pid", how="inner").filter(pl.col("ts").is_between(pl.col("_lo"), pl.col("_hi")))
     return joined.select(pl.col("window"), pl.col("ts"), ((pl.col("ts") - pl.col("_lo")) / 1e3).alias("rel_us"),
-                         "cpu", "pid", "comm", "event", "info").cast(WINDOW_EVENTS_SCHEMA)
+                         "cpu", "pid", "comm", "event", "info").cast(WINDOW_EVENTS_SCHEMA), note
 
 
 def _plain_render(frames: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
