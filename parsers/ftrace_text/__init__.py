@@ -161,17 +161,35 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
 
 
 def _info_parser(fmt: EventFormat, long_size: int) -> Callable[[pl.Series], pl.DataFrame]:
-    """The print-fmt inversion of tracekit.printfmt when it is available, else the local fallback."""
+    """The print-fmt inversion of :mod:`tracekit.printfmt` (the local fallback of :mod:`._invert` when it cannot
+    build one, or returns a frame of the wrong shape)."""
+    from ._invert import info_parser as fallback
+
     try:
         from ...printfmt import info_parser
     except ImportError:
-        from ._invert import info_parser
-    try:
-        return info_parser(fmt, long_size)
-    except (TracekitError, NotImplementedError):
-        from ._invert import info_parser as fallback
-
         return fallback(fmt, long_size)
+    try:
+        main = info_parser(fmt, long_size)
+    except (TracekitError, NotImplementedError):
+        return fallback(fmt, long_size)
+    spare = fallback(fmt, long_size)
+
+    def parse(info: pl.Series) -> pl.DataFrame:
+        out = main(info)
+        if out.height != len(info):
+            return spare(info)
+        if not out.width:
+            return out
+        # rows the grammar-based inversion could not match (e.g. tracefs' unprefixed %p) get the fallback's values
+        missed = out.select(pl.all_horizontal(pl.all().is_null())).to_series()
+        if not missed.any():
+            return out
+        other = spare(info)
+        return out.with_columns([pl.when(missed).then(other[c]).otherwise(out[c]).alias(c)
+                                 for c in out.columns if c in other.columns and other.schema[c] == out.schema[c]])
+
+    return parse
 
 
 def _learn_vcpu(frames: dict[str, pl.DataFrame]) -> None:
@@ -251,23 +269,15 @@ def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int]
     lines = _lines.strip_quotes(lines_frame(data))
     del data
     md = _lines.metadata(lines)
-    df = _lines.classify(lines)
+    ev, stack_lines, others = _lines.classify(lines)
     step(2)
-    kinds = df["kind"]
-    if not (kinds == "event").any() and not (kinds == "ignored").any():
-        first = df.filter(pl.col("kind") != "ignored").head(1)
+    if ev.height == 0 and not (others["kind"] == "ignored").any():
+        first = pl.concat([others.select("line_no", "line"),
+                           stack_lines.select("line_no", pl.col("frame").alias("line"))]).sort("line_no").head(1)
         found = repr(first["line"][0][:60]) if first.height else "nothing"
         raise ParseError(p, 0, "tracefs or trace-cmd report text (lines like 'comm-pid [cpu] ts: event: info')",
                          found)
-    df = df.with_columns(
-        pl.when(pl.col("func").is_not_null()).then(pl.lit("function"))
-        .when(pl.col("special") == "<stack trace>").then(pl.lit("kernel_stack"))
-        .when(pl.col("special") == "<user stack trace>").then(pl.lit("user_stack"))
-        .otherwise(pl.col("event")).alias("event"),
-        pl.when(pl.col("func").is_not_null()).then(pl.col("func") + " <-" + pl.col("parent"))
-        .otherwise(pl.col("info")).alias("info"))
-    ev = df.filter(pl.col("kind") == "event")
-    stacks, orphans = _lines.attach_stacks(df, STACK_EVENTS)
+    stacks, orphans = _lines.attach_stacks(ev, stack_lines, lines, STACK_EVENTS)
     step(3)
     with_flags = ev["flags"].is_not_null().any()
     frames: dict[str, pl.DataFrame] = {}
@@ -290,12 +300,12 @@ def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int]
         _resolve_function_names(frames, kallsyms)
     frames = {k: v.sort("line_no").drop("line_no") for k, v in frames.items()}
     step(4)
-    unparsed = pl.concat([df.filter(pl.col("kind") == "unparsed").select("line_no", "line"), orphans]) \
+    unparsed = pl.concat([others.filter(pl.col("kind") == "unparsed").select("line_no", "line"), orphans]) \
         .sort("line_no")
     md.update({"compression": compression, "long_size": long_size,
                "ts_precision_ns": 1 if ev["ts"].str.extract(r"\.(\d+)$", 1).str.len_chars().max() == 9 else 1000,
                "lines": lines.height, "unparsed": unparsed.height})
-    lost = _lines.lost_events(df).cast(LOST_SCHEMA)
+    lost = _lines.lost_events(others).cast(LOST_SCHEMA)
     used = {k: fmts[k] for k in frames if k in fmts}
     step(5)
     return Trace(source=p, format="ftrace-text", frames=frames, metadata=md, formats=used, lost_events=lost,

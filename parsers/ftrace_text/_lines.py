@@ -8,16 +8,6 @@ import polars as pl
 #: mail / bug-tracker quoting: ``> ``, ``>> ``, ``> > `` before the trace text
 QUOTE = r"^(?:[ \t]*>)+[ \t]?"
 
-#: an event line: ``comm-pid [cpu] flags ts: event: info`` (tracefs; ``(tgid)`` with record-tgid; flags optional),
-#: ``comm-pid [cpu] ts: event: info`` (trace-cmd report), or a bare ``ts: event: info``; the function tracer's
-#: ``ts: func <-parent`` has no event name
-EVENT = (r"^\s*(?:(?P<comm>\S.*?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>\d+|-+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
-         r"(?:(?P<flags>[.A-Za-z0-9]{4,5})\s+)?)?(?P<ts>\d+\.\d+|\d+):\s+"
-         r"(?:(?P<special><stack trace>|<user stack trace>)|(?P<event>[A-Za-z_][\w.+-]*):(?:\s+|$)(?P<info>.*?)"
-         r"|(?P<func>[A-Za-z_.$][\w.$]*)\s+<-(?P<parent>\S*))\s*$")
-
-#: a stack frame line: tracefs `` => sym`` (`` => sym <addr>`` with sym-addr), trace-cmd ``=> sym (addr)``
-STACK = r"^\s*=>\s*(?P<frame>.*?)\s*$"
 _FRAME_ADDR = r"(?:^|\s)[(<](?:0x)?(?P<addr>[0-9a-fA-F]{4,16})[)>]$"
 
 #: ``CPU:3 [LOST 120 EVENTS]`` (tracefs), ``CPU:3 [120 EVENTS DROPPED]`` / ``CPU:3 [EVENTS DROPPED]`` (trace-cmd)
@@ -60,24 +50,57 @@ def metadata(lines: pl.DataFrame) -> dict[str, object]:
     return md
 
 
-def classify(lines: pl.DataFrame) -> pl.DataFrame:
-    """Add a ``kind`` column (``event``, ``stack``, ``lost``, ``ignored``, ``unparsed``) and the captured parts of
-    event lines (``comm pid tgid cpu flags ts event info``) and stack lines (``frame``)."""
-    ev = pl.col("line").str.extract_groups(EVENT)
-    df = lines.with_columns(ev.alias("_e"), pl.col("line").str.extract(STACK, 1).alias("frame"),
-                            pl.col("line").str.contains(LOST).alias("_lost"),
-                            pl.col("line").str.contains(IGNORED).alias("_ign")).unnest("_e")
-    kind = (pl.when(pl.col("ts").is_not_null()).then(pl.lit("event"))
-            .when(pl.col("frame").is_not_null()).then(pl.lit("stack"))
-            .when(pl.col("_lost")).then(pl.lit("lost"))
-            .when(pl.col("_ign")).then(pl.lit("ignored"))
+#: the part before the first ": " of an event line
+HEAD = (r"^\s*(?:(?P<comm>\S.*?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>\d+|-+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
+        r"(?:(?P<flags>[.A-Za-z0-9]{4,5})\s+)?)?(?P<ts>\d+\.\d+|\d+)$")
+_NAME = r"^[A-Za-z_][\w.+-]*$"
+_FUNC = r"^(?P<func>[A-Za-z_.$][\w.$]*)\s+<-(?P<parent>\S*)\s*$"
+
+
+def classify(lines: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Split the lines by kind, cheapest tests first (most lines of a stack-heavy trace are frames).
+
+    Returns:
+        events: ``line_no, line, comm, pid, tgid, cpu, flags, ts, event, info`` (``event`` normalised:
+            ``<stack trace>`` → ``kernel_stack``, the function tracer's ``func <-parent`` → ``function``),
+        stacks: ``line_no, frame`` of `` => …`` lines,
+        others: ``line_no, line, kind`` (``lost``, ``ignored``, ``unparsed``).
+    """
+    stripped = pl.col("line").str.strip_chars_start(" \t")
+    df = lines.with_columns(stripped.str.starts_with("=>").alias("_stack"),
+                            (stripped.str.starts_with("#") | (stripped == "")).alias("_hash"))
+    stacks = df.filter(pl.col("_stack")).select(
+        "line_no", pl.col("line").str.strip_chars_start(" \t").str.slice(2).str.strip_chars().alias("frame"))
+    cand = df.filter(~pl.col("_stack") & ~pl.col("_hash")).drop("_stack", "_hash")
+    parts = cand.with_columns(pl.col("line").str.splitn(": ", 3).alias("_p")).unnest("_p")
+    head = pl.col("field_0").str.extract_groups(HEAD)
+    name = pl.col("field_1").str.strip_chars()
+    parts = parts.with_columns(head.alias("_h"), name.str.strip_suffix(":").alias("_n")).unnest("_h")
+    is_name = pl.col("_n").str.contains(_NAME)
+    special = pl.col("_n").is_in(["<stack trace>", "<user stack trace>"])
+    func = pl.col("_n").str.contains(r"\s<-")
+    ok = pl.col("ts").is_not_null() & (is_name | special | func)
+    event = (pl.when(special & (pl.col("_n") == "<stack trace>")).then(pl.lit("kernel_stack"))
+             .when(special).then(pl.lit("user_stack"))
+             .when(func).then(pl.lit("function"))
+             .otherwise(pl.col("_n")))
+    info = (pl.when(func).then(pl.col("_n")).when(special).then(pl.lit(""))
+            .otherwise(pl.col("field_2").str.strip_chars().fill_null("")))
+    parts = parts.with_columns(ok.alias("_ok"))
+    events = parts.filter(pl.col("_ok")).select(
+        "line_no", "line", "comm", "pid", "tgid", "cpu", "flags", "ts", event.alias("event"), info.alias("info"))
+    rest = pl.concat([parts.filter(~pl.col("_ok")).select("line_no", "line"),
+                      df.filter(pl.col("_hash")).select("line_no", "line")]).sort("line_no")
+    kind = (pl.when(pl.col("line").str.contains(LOST)).then(pl.lit("lost"))
+            .when(pl.col("line").str.contains(IGNORED)).then(pl.lit("ignored"))
             .otherwise(pl.lit("unparsed")))
-    return df.with_columns(kind.alias("kind")).drop("_lost", "_ign")
+    others = rest.with_columns(kind.alias("kind"))
+    return events, stacks, others
 
 
-def lost_events(df: pl.DataFrame) -> pl.DataFrame:
+def lost_events(others: pl.DataFrame) -> pl.DataFrame:
     """Lost-event marks per CPU as :data:`tracekit.model.LOST_SCHEMA` (a mark without a count is ``lost_unknown``)."""
-    marks = df.filter(pl.col("kind") == "lost").select(
+    marks = others.filter(pl.col("kind") == "lost").select(
         pl.col("line").str.extract(LOST, 1).cast(pl.Int32).alias("cpu"),
         pl.col("line").str.extract(LOST, 2).cast(pl.Int64).alias("n"))
     return (marks.group_by("cpu", maintain_order=True)
@@ -85,27 +108,39 @@ def lost_events(df: pl.DataFrame) -> pl.DataFrame:
             .sort("cpu"))
 
 
-def attach_stacks(df: pl.DataFrame, stack_events: tuple[str, ...]) -> tuple[pl.DataFrame, pl.DataFrame]:
+def attach_stacks(events: pl.DataFrame, stacks: pl.DataFrame, lines: pl.DataFrame,
+                  stack_events: tuple[str, ...]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Give each stack frame line to the event line above it.
 
     Returns:
         (frames per owning event line: ``owner`` line_no, ``callers`` List[String], ``caller`` List[UInt64]),
         and the frame lines whose owner is not a stack event (they go to ``unparsed_lines``).
     """
-    owner = pl.when(pl.col("kind") == "event").then(pl.col("line_no")).forward_fill()
-    owner_event = pl.when(pl.col("kind") == "event").then(pl.col("event")).forward_fill()
-    st = (df.select(pl.col("line_no"), pl.col("line"), pl.col("kind"), pl.col("frame"),
-                    owner.alias("owner"), owner_event.alias("owner_event"))
-          .filter(pl.col("kind") == "stack"))
-    ok = pl.col("owner_event").is_in(list(stack_events))
-    orphans = st.filter(~ok | pl.col("owner").is_null()).select("line_no", "line")
-    st = st.filter(ok & pl.col("owner").is_not_null())
-    addr = pl.col("frame").str.extract(_FRAME_ADDR, 1)
-    sym = pl.col("frame").str.replace(_FRAME_ADDR, "").str.strip_chars()
+    owners = events.select(pl.col("line_no").alias("owner"), pl.col("event").alias("owner_event"))
+    st = stacks.join_asof(owners, left_on="line_no", right_on="owner", strategy="backward",
+                          check_sortedness=False)
+    ok = pl.col("owner_event").is_in(list(stack_events)).fill_null(False)
+    orphans = st.filter(~ok).select("line_no").join(lines, on="line_no", how="left")
+    st = st.filter(ok)
+    # trace-cmd: "sym (addr)"; tracefs with sym-addr: "sym <addr>"; plain tracefs: "sym"
+    has_addr = pl.col("frame").str.ends_with(")") | pl.col("frame").str.ends_with(">")
+    split = pl.col("frame").str.slice(0, pl.col("frame").str.len_chars() - 1).str.split_exact(" (", 1)
+    st = st.with_columns(pl.when(has_addr).then(split).alias("_s"))
+    sym = pl.when(pl.col("_s").struct.field("field_1").is_not_null()).then(pl.col("_s").struct.field("field_0")) \
+        .otherwise(pl.col("frame"))
+    addr = pl.col("_s").struct.field("field_1")
+    angle = pl.col("frame").str.extract(_FRAME_ADDR, 1)
     st = st.with_columns(
-        pl.when(sym.str.contains(r"^(?:0x)?[0-9a-fA-F]{8,16}$|^$")).then(None).otherwise(sym).alias("callers"),
-        addr.str.to_integer(base=16, dtype=pl.UInt64, strict=False).alias("caller"),
-        addr.is_not_null().alias("_has_addr"))
+        sym.alias("_sym"),
+        pl.when(pl.col("frame").str.ends_with(">")).then(angle).otherwise(addr).alias("_addr"))
+    st = st.with_columns(
+        pl.when(pl.col("frame").str.ends_with(">")).then(pl.col("frame").str.replace(_FRAME_ADDR, "").str.strip_chars())
+        .otherwise(pl.col("_sym")).alias("_sym"))
+    st = st.with_columns(
+        pl.when(pl.col("_sym").str.contains(r"^(?:0x)?[0-9a-fA-F]{8,16}$|^$")).then(None).otherwise(pl.col("_sym"))
+        .alias("callers"),
+        pl.col("_addr").str.to_integer(base=16, dtype=pl.UInt64, strict=False).alias("caller"),
+        pl.col("_addr").is_not_null().alias("_has_addr"))
     frames = st.group_by("owner", maintain_order=True).agg(
         pl.col("callers"), pl.col("caller"), pl.col("_has_addr").all().alias("_has_addr"))
     frames = frames.with_columns(pl.when(pl.col("_has_addr")).then(pl.col("caller")).alias("caller")).drop("_has_addr")
