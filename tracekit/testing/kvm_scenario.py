@@ -499,8 +499,12 @@ def _finish(emit, windows, pmi_rows, msr_rows, lvtpc_rows, chain_seq, threads, r
         inner = sorted((t, s) for t, s in by_cpu[c] if w["exit_ts"] < t < w["entry_ts"])
         if not inner:
             continue
-        # the ring buffer overflowed in the first part of the window: what follows on that CPU is kept
-        cut = rng.randrange(1, len(inner) + 1)
+        # the ring buffer overflowed in the first part of the window: what follows on that CPU is kept. The cut
+        # never splits a PMI's events inside the window (its remains could not be told from another PMI's)
+        chains = [chain_seq.get(sq, (None,))[0] for _, sq in inner]
+        cuts = [k for k in range(1, len(inner) + 1)
+                if not ({c for c in chains[:k] if c is not None} & {c for c in chains[k:] if c is not None})]
+        cut = rng.choice(cuts)
         gone = [s for _, s in inner[:cut]]
         resume = inner[cut][0] if cut < len(inner) else w["entry_ts"]
         dropped.update(gone)
