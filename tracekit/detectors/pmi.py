@@ -434,6 +434,7 @@ def _queued_injections(ev: pl.DataFrame, windows: pl.DataFrame, lvtpc: pl.DataFr
     (PMIs seen at stage 0/1 whose LVTPC is in NMI mode) and injections are matched first in, first out per thread:
     the queue length is a running sum of +1/-1 reflected at 0 (a trace may start with NMIs pending); an injection is
     an earlier window's when the queue held more PMIs at the window's start than injections made in it so far.
+    A window that lost events (``inconclusive`` column of ``windows``) leaves the queue unknown: it restarts at 0.
     """
     is_inj = pl.col("kind") == 4
     flags = pl.Series("old", [False] * ev.height, dtype=pl.Boolean)
@@ -455,15 +456,28 @@ def _queued_injections(ev: pl.DataFrame, windows: pl.DataFrame, lvtpc: pl.DataFr
     deliveries = dl.filter(~pl.col("fx")).select("pid", "ts", pl.lit(1, pl.Int64).alias("step"),
                                                  pl.lit(None, pl.UInt32).alias("_row"))
     injections = ev.filter(is_inj).select("pid", "ts", pl.lit(-1, pl.Int64).alias("step"), "_row")
-    walk = pl.concat([deliveries, injections]).sort(["pid", "ts", "step"], descending=[False, False, True])
-    walk = walk.with_columns(pl.col("step").cum_sum().over("pid").alias("_s"))
-    walk = walk.with_columns((pl.col("_s") - pl.min_horizontal(pl.lit(0), pl.col("_s").cum_min().over("pid")))
+    # after a window that lost events the queue is unknown: start counting afresh (an epoch per such window)
+    lossy = (windows.filter(pl.col("inconclusive") & pl.col("entry_ts").is_not_null())
+             .select("pid", pl.col("entry_ts").alias("_lts")).sort("_lts")
+             .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("pid").alias("epoch")))
+
+    def epoch_of(df: pl.DataFrame, on: str) -> pl.DataFrame:
+        out = df.sort(on).join_asof(lossy, left_on=on, right_on="_lts", by="pid", strategy="backward",
+                                    allow_exact_matches=False, check_sortedness=False)
+        return out.with_columns(pl.col("epoch").fill_null(0)).drop("_lts")
+
+    walk = epoch_of(pl.concat([deliveries, injections]), "ts").sort(["pid", "epoch", "ts", "step"],
+                                                                     descending=[False, False, False, True])
+    walk = walk.with_columns(pl.col("step").cum_sum().over("pid", "epoch").alias("_s"))
+    walk = walk.with_columns((pl.col("_s") - pl.min_horizontal(pl.lit(0), pl.col("_s").cum_min().over("pid",
+                                                                                                        "epoch")))
                              .alias("queue"))
-    start = (windows.select(pl.col("window").cast(pl.UInt32), "pid", "exit_ts").sort("exit_ts")
-             .join_asof(walk.select("pid", pl.col("ts").alias("_wts"), "queue").sort("_wts"), left_on="exit_ts",
-                        right_on="_wts", by="pid", strategy="backward", allow_exact_matches=False,
-                        check_sortedness=False)
-             .select("window", pl.col("queue").fill_null(0).alias("at_start")))
+    wins = epoch_of(windows.select(pl.col("window").cast(pl.UInt32), "pid", "exit_ts"), "exit_ts")
+    start = (wins.join_asof(walk.select("pid", pl.col("ts").alias("_wts"), "queue", pl.col("epoch").alias("_we"))
+                            .sort("_wts"), left_on="exit_ts", right_on="_wts", by="pid", strategy="backward",
+                            allow_exact_matches=False, check_sortedness=False)
+             .select("window", pl.when(pl.col("_we") == pl.col("epoch")).then(pl.col("queue")).otherwise(0)
+                     .fill_null(0).alias("at_start")))
     inj = (ev.filter(is_inj & pl.col("window").is_not_null()).select("_row", "window", "ts")
            .sort(["window", "ts", "_row"])
            .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_i"))
@@ -536,7 +550,10 @@ def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple
     group = _segment()
     ev = (ev.with_columns(route_of.alias("route"), stage_of.alias("stage"), group.alias("group"))
           .sort(["group", "ts", "stage", "kind", "seq"]))
-    old = _queued_injections(ev, windows, _lvtpc_writes(trace))
+    presence = _presence(trace, windows, [ev.select("ts", "pid", "cpu")])
+    marks = lost_marks(trace, presence)
+    incon = _inconclusive(windows, presence, marks)
+    old = _queued_injections(ev, windows.with_columns(incon), _lvtpc_writes(trace))
     ev = pl.concat([_unify(ev.filter(~old)), ev.filter(old).with_columns(pl.lit(True).alias("new"))],
                    how="diagonal_relaxed").sort(["group", "ts", "stage", "kind", "seq"])
     ev = ev.with_columns((pl.col("new").cum_sum() - 1).cast(pl.UInt32).alias("pmi"))
@@ -545,9 +562,6 @@ def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple
            .group_by("window")
            .agg(pl.col("new").sum().cast(pl.Int32).alias("pmi_count"),
                 pl.col("route").unique().sort().alias("sources")))
-    presence = _presence(trace, windows, [ev.select("ts", "pid", "cpu")])
-    marks = lost_marks(trace, presence)
-    incon = _inconclusive(windows, presence, marks)
     if not marks.is_empty() and marks["hi"].is_null().any():
         notes.append("the trace reports lost events without saying when: every window of a thread that ran on "
                      "such a CPU is inconclusive")
