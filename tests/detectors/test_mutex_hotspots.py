@@ -177,10 +177,10 @@ def test_hex_kernel_frames_resolved_through_a_trace_kallsyms():
                   np.array(["perf_ioctl", "perf_event_ctx_lock_nested.isra.0", "__mutex_lock.constprop.0", "zz"],
                            dtype=object))
     chain_ip = [0xFFFFFFFF81000210, 0xFFFFFFFF81000146, 0xFFFFFFFF81000030]
-    df = pl.DataFrame({"ts": [1_000, 2_000], "cpu": [0, 0], "pid": [5, 5], "tid": [5, 5], "comm": ["w", "w"],
-                       "period": [10, 30],
-                       "callchain": [["[unknown]", "[unknown]", "[unknown]"], ["idle", "cpu_startup"]],
-                       "callchain_ip": [chain_ip, [1, 2]]},
+    df = pl.DataFrame({"ts": [1_000, 2_000, 3_000], "cpu": [0, 0, 1], "pid": [5, 5, 0], "tid": [5, 5, 0],
+                       "comm": ["w", "w", "swapper"], "period": [10, 30, 0],
+                       "callchain": [["[unknown]", "[unknown]", "[unknown]"], ["idle", "cpu_startup"], []],
+                       "callchain_ip": [chain_ip, [1, 2], []]},
                       schema_overrides={"callchain_ip": pl.List(pl.UInt64), "period": pl.UInt64})
     dat = Trace(source="t.dat", format="trace.dat", frames={"sched:sched_switch": pl.DataFrame({"ts": [1]})},
                 kallsyms=ks)

@@ -108,6 +108,7 @@ HOTSPOTS_SCHEMA = {
 }
 """The ``hotspots`` frame: one row per symbol set (the findings.json ``hotspots`` entry)."""
 
+
 def _perf_samples(inputs: Inputs, kallsyms) -> tuple[Trace, str, pl.DataFrame] | None:
     """The perf event with the most callchain samples among the host (else guest) traces."""
     best = None
@@ -142,7 +143,9 @@ def _name_hex_frames(df: pl.DataFrame, kallsyms) -> pl.DataFrame:
                     ).then(pl.col("_n")).otherwise(pl.col("callchain"))
     chains = (flat.with_columns(names.alias("_n")).with_columns(fixed.alias("callchain"))
               .group_by("_r", maintain_order=True).agg("callchain")["callchain"])
-    return df.with_columns(chains.alias("callchain"))
+    # an empty chain came back from explode as [null]: keep it empty
+    return df.with_columns(pl.when(pl.col("callchain").list.len() > 0).then(chains).otherwise(pl.col("callchain"))
+                           .alias("callchain"))
 
 
 MAX_BUCKETS = 200_000
@@ -168,10 +171,11 @@ class MutexHotspots:
                                   "events): per thread, per call path, per lock, and the period of its bursts")
     requires: ClassVar[tuple[str, ...]] = ()
     requires_any: ClassVar[tuple[tuple[str, ...], ...]] = (
-        ("lock:contention_begin", "cpu-clock", "task-clock", "cycles", "cpu-cycles"),)
+        ("lock:contention_begin", "funcgraph_exit", "cpu-clock", "task-clock", "cycles", "cpu-cycles"),)
     record_hint: ClassVar[str] = (
         "perf record -a -g -e cpu-clock -o perf.data -- sleep 10   # and/or: trace-cmd record -e "
-        "lock:contention_begin -e lock:contention_end -O stacktrace -- sleep 10")
+        "lock:contention_begin -e lock:contention_end -O stacktrace -- sleep 10   # or: trace-cmd record -p "
+        "function_graph -l 'perf_event_ctx_lock*' -- sleep 10")
     defaults: ClassVar[dict[str, Any]] = {
         "label": "perf_event_ctx_lock*",
         "symbols": ["perf_event_ctx_lock", "perf_event_ctx_lock_nested", "perf_event_ctx_unlock"],
@@ -196,7 +200,8 @@ class MutexHotspots:
         ksyms = next((t.kallsyms for t in inputs.host if t.kallsyms is not None and len(t.kallsyms)), None)
         perf = _perf_samples(inputs, ksyms)
         if perf is None and not dat and not graphs:
-            res.missing = ["perf samples with callchains (perf record -g) | lock:contention_begin+contention_end"]
+            res.missing = ["perf samples with callchains (perf record -g) | lock:contention_begin+contention_end | "
+                           "ftrace:funcgraph_exit"]
             if both:
                 res.notes.append("lock:contention_begin/end are in the trace but hold no event")
             return res
