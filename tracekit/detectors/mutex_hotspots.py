@@ -135,17 +135,19 @@ def _name_hex_frames(df: pl.DataFrame, kallsyms) -> pl.DataFrame:
     unnamed = pl.element().str.contains(r"^(?:\[unknown\]|0x[0-9a-f]+|[0-9a-f]{8,})$")
     if not df["callchain"].list.eval(unnamed).list.any().any():
         return df
-    flat = df.select(pl.int_range(pl.len()).alias("_r"), "callchain", "callchain_ip").explode(
+    flat = df.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_r"), "callchain", "callchain_ip").explode(
         ["callchain", "callchain_ip"])
     names = symbol_names(kallsyms, flat["callchain_ip"])
     fixed = pl.when(pl.col("callchain").str.contains(r"^(?:\[unknown\]|0x[0-9a-f]+|[0-9a-f]{8,})$")
                     & (pl.col("callchain_ip") >= 0xFFFF_8000_0000_0000) & pl.col("_n").is_not_null()
                     ).then(pl.col("_n")).otherwise(pl.col("callchain"))
     chains = (flat.with_columns(names.alias("_n")).with_columns(fixed.alias("callchain"))
-              .group_by("_r", maintain_order=True).agg("callchain")["callchain"])
-    # an empty chain came back from explode as [null]: keep it empty
-    return df.with_columns(pl.when(pl.col("callchain").list.len() > 0).then(chains).otherwise(pl.col("callchain"))
-                           .alias("callchain"))
+              .group_by("_r", maintain_order=True).agg(pl.col("callchain").alias("_fixed")))
+    # empty (or null) chains explode to one null row or to none, depending on the Polars version: keep them as they are
+    out = df.with_row_index("_r").join(chains, on="_r", how="left")
+    keep = (pl.col("callchain").list.len().fill_null(0) == 0) | pl.col("_fixed").is_null()
+    return out.with_columns(pl.when(keep).then(pl.col("callchain")).otherwise(pl.col("_fixed")).alias("callchain")
+                            ).drop("_r", "_fixed")
 
 
 MAX_BUCKETS = 200_000
