@@ -82,9 +82,19 @@ def flagged_timeline(flagged: pl.DataFrame, inconclusive: pl.DataFrame | None = 
     if _has(windows, "vcpu", "exit_ts"):
         ax.hlines(range(len(vcpus)), 0, (t1 - t0) / 1e9, colors="#dddddd", linewidth=6, zorder=0)
     if _has(inconclusive, "vcpu", "exit_ts"):
-        inc = inconclusive.drop_nulls("vcpu")
-        ax.scatter((inc["exit_ts"].to_numpy() - t0) / 1e9, [row[int(v)] for v in inc["vcpu"]], s=40,
-                   facecolors="none", edgecolors=_INCONCLUSIVE, label="inconclusive (lost events)", zorder=2)
+        # thousands of adjacent windows: draw them as spans, merging windows closer than 0.5% of the time axis
+        gap = max(int((t1 - t0) * 0.005), 1)
+        spans = (inconclusive.drop_nulls("vcpu")
+                 .with_columns(pl.col("entry_ts").fill_null(pl.col("exit_ts")).alias("_end"))
+                 .sort("vcpu", "exit_ts")
+                 .with_columns((pl.col("exit_ts") - pl.col("_end").shift(1).over("vcpu") > gap)
+                               .fill_null(True).cum_sum().over("vcpu").alias("_span"))
+                 .group_by("vcpu", "_span").agg(pl.col("exit_ts").min(), pl.col("_end").max()))
+        for i, (v, part) in enumerate(spans.group_by("vcpu")):
+            xr = [((a - t0) / 1e9, max((b - a) / 1e9, (t1 - t0) / 1e9 * 0.002))
+                  for a, b in zip(part["exit_ts"], part["_end"], strict=True)]
+            ax.broken_barh(xr, (row[int(v[0])] - 0.22, 0.44), facecolors=_INCONCLUSIVE, alpha=0.45, zorder=2,
+                           label="inconclusive windows (lost events)" if i == 0 else None)
     if _has(flagged, "vcpu", "exit_ts"):
         fl = flagged.drop_nulls("vcpu")
         sizes = 25 + 15 * np.clip(fl["pmi_count"].to_numpy() - 2, 0, 6)
@@ -97,7 +107,7 @@ def flagged_timeline(flagged: pl.DataFrame, inconclusive: pl.DataFrame | None = 
     ax.set_xlabel("time since the first VM-exit (s)")
     ax.set_title(f"Flagged VM-exits per vCPU ({0 if flagged is None else flagged.height:,})")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right", fontsize=8)
+        fig.legend(loc="outside lower center", fontsize=8, ncols=2)
     return fig
 
 
@@ -176,38 +186,54 @@ def handling_times(windows: pl.DataFrame | None = None, exit_stats: pl.DataFrame
     return fig
 
 
-def msr_activity(msr_writes: pl.DataFrame | None, bucket_s: float = 1.0, top: int = 8) -> Figure | None:
+def _nice_bucket(span_s: float, target: int = 60) -> float:
+    """A round bucket width (1/2/5 × 10^k s) giving about ``target`` buckets over ``span_s``."""
+    raw = max(span_s / target, 1e-6)
+    exp = np.floor(np.log10(raw))
+    for m in (1, 2, 5, 10):
+        if m * 10**exp >= raw:
+            return float(m * 10**exp)
+    return float(10 ** (exp + 1))  # pragma: no cover
+
+
+def msr_activity(msr_writes: pl.DataFrame | None, bucket_s: float | None = None, top: int = 8) -> Figure | None:
     """PMU MSR writes per second over time, one line per MSR (the ``top`` most written), all vCPUs summed.
 
     Args:
         msr_writes: the ``pmu-msr-activity`` rule's ``msr_writes`` frame (``ts``, ``msr`` or ``msr_name``).
-        bucket_s: width of a time bucket.
+        bucket_s: width of a time bucket (default: a round width giving ~60 buckets).
         top: how many MSRs get their own line.
     """
     if not _has(msr_writes, "ts"):
         return None
-    name = pl.col("msr_name") if "msr_name" in msr_writes.columns else pl.col("msr").cast(pl.String)
-    if "msr" in msr_writes.columns and "msr_name" in msr_writes.columns:
+    if "msr_name" in msr_writes.columns and "msr" in msr_writes.columns:
         name = pl.coalesce(pl.col("msr_name"), pl.format("{}", pl.col("msr")))
-    t0 = int(msr_writes["ts"].min())
-    step = int(bucket_s * 1e9)
-    d = msr_writes.select(name.alias("msr"), ((pl.col("ts") - t0) // step).alias("b"))
+    elif "msr_name" in msr_writes.columns:
+        name = pl.col("msr_name")
+    else:
+        name = pl.col("msr").cast(pl.String)
+    t0, t1 = int(msr_writes["ts"].min()), int(msr_writes["ts"].max())
+    if bucket_s is None:
+        bucket_s = _nice_bucket((t1 - t0) / 1e9)
+    step = max(int(bucket_s * 1e9), 1)
+    d = msr_writes.select(name.fill_null("?").alias("msr"), ((pl.col("ts") - t0) // step).alias("b"))
     order = d.group_by("msr").len().sort(["len", "msr"], descending=[True, False])
     keep = order.head(top)["msr"].to_list()
     d = d.with_columns(pl.when(pl.col("msr").is_in(keep)).then(pl.col("msr")).otherwise(pl.lit("other")))
     nb = int(d["b"].max()) + 1
     fig = _fig()
     ax = fig.add_subplot()
-    x = np.arange(nb) * bucket_s
+    edges = np.arange(nb + 1) * bucket_s
     for m in keep + (["other"] if order.height > top else []):
         per = d.filter(pl.col("msr") == m).group_by("b").len()
         y = np.zeros(nb)
         y[per["b"].to_numpy()] = per["len"].to_numpy()
-        ax.step(x, y / bucket_s, where="post", label=m)
-    ax.set_xlabel("time since the first PMU MSR write (s)")
+        ax.stairs(y / bucket_s, edges, label=m, linewidth=1.4)
+    ax.set_xlabel(f"time since the first PMU MSR write (s; {bucket_s:g} s buckets)")
     ax.set_ylabel("writes / s")
+    ax.set_ylim(bottom=0)
     ax.set_title(f"Guest writes to PMU MSRs ({msr_writes.height:,})")
-    ax.legend(fontsize=8, ncols=2, loc="upper right")
+    fig.legend(loc="outside right upper", fontsize=8)
     return fig
 
 
