@@ -31,7 +31,7 @@ from tracekit.symbols import Kallsyms
 from . import layout as L
 from .fields import Payloads, event_columns
 from .pages import build_pageset, walk
-from .sections import Blob, FileInfo, cpu_bytes, read_info
+from .sections import Blob, FileInfo, cpu_chunks, fill_chunks, read_info
 
 __all__ = ["sniff", "read"]
 
@@ -154,12 +154,12 @@ class _State:
     buf: np.ndarray
     big: bool
     long_size: int
-    formats: dict[int, EventFormat]
     pids: np.ndarray
     comms: list[str]
     buffer_names: list[str]
     kallsyms: Kallsyms | None
     printk: dict[int, str]
+    pending: int = 0
 
 
 def _frame(st: _State, fmt: EventFormat, data: np.ndarray, length: np.ndarray, ts: np.ndarray, cpu: np.ndarray,
@@ -245,17 +245,7 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
     hp = parse_header_page(info.header_page)
     long_size = hp["commit"].size if "commit" in hp and hp["commit"].size in (4, 8) else info.long_size
     md["kernel_long_size"] = long_size
-    formats: dict[int, EventFormat] = {}
-    by_name: dict[str, EventFormat] = {}
-    texts = [("ftrace", t) for t in info.ftrace_formats] + info.event_formats
-    for system, text in texts:
-        try:
-            fmt = parse_format(text, system, path=path)
-        except ParseError as exc:
-            damage.append(exc)
-            continue
-        formats[fmt.id] = fmt
-        by_name[fmt.full_name] = fmt
+    index = _FormatIndex(path, [("ftrace", t) for t in info.ftrace_formats] + info.event_formats)
     kallsyms = None
     if info.kallsyms.strip():
         try:
@@ -283,15 +273,20 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
         parts = []
         for c in b.cpus:
             try:
-                data, off = cpu_bytes(blob, info, b, c)
+                chunks = cpu_chunks(blob, info, b, c)
             except ParseError as exc:
                 damage.append(exc)
                 continue
-            parts.append((g, c.cpu, data, off, b.compressed))
-            done += c.size
+            parts.append((g, c.cpu, chunks, c.offset, b.compressed))
+
+        def fill(chunks, dest, compressed):
+            nonlocal done
+            fill_chunks(blob, info, chunks, dest, compressed)
+            done += sum(ch[1] for ch in chunks)
             if progress is not None:
                 progress(done, total)
-        ps = build_pageset(parts, page_size, path, damage)
+
+        ps = build_pageset(parts, page_size, path, damage, fill)
         recs = walk(ps, page_size, long_size, info.big_endian, path)
         damage.extend(recs.damage)
         cols.append((recs.data + base, recs.length, _to_ns(recs.ts, md), ps.cpu[recs.page], ps.group[recs.page]))
@@ -308,31 +303,129 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
     ids = ((word >> 16) if info.big_endian else (word & 0xFFFF)).astype(np.int32)
     ids[length < 2] = -1
     lost = _lost_frame(lost_rows, buffers)
-    st = _State(path, buf, info.big_endian, long_size, formats, pids, comms, [b.name for b in buffers],
-                kallsyms, printk)
+    st = _State(path, buf, info.big_endian, long_size, pids, comms, [b.name for b in buffers], kallsyms, printk)
     frames: dict = {}
     counts: dict[str, int] = {}
-    present = np.unique(ids)
-    for eid in present:
-        fmt = formats.get(int(eid))
-        sel = np.flatnonzero(ids == eid)
+    # one radix sort of the 16-bit event ids groups the records per event, keeping time order inside each group
+    by_id = np.argsort(ids.astype(np.uint16), kind="stable")
+    sorted_ids = ids[by_id].astype(np.uint16)
+    bounds = np.flatnonzero(np.diff(sorted_ids.astype(np.int32))) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(by_id)], strict=True):
+        if lo == hi:
+            continue
+        eid = int(sorted_ids[lo])
+        sel = by_id[lo:hi]
+        fmt = index.parse(eid, damage)
         if fmt is None:
             damage.append(ParseError(path, None, "records whose common_type has an event format",
-                                     f"{len(sel)} records of unknown type {int(eid)}"))
+                                     f"{hi - lo} records of unknown type {eid}"))
             continue
         key = fmt.full_name
-        counts[key] = len(sel)
+        counts[key] = int(hi - lo)
         frames[key] = _builder(st, fmt, data[sel], length[sel], ts[sel], cpu[sel], group[sel])
+    del data, length, ts, cpu, group, by_id, ids
+    st.pending = len(frames)
     md["events"] = int(sum(counts.values()))
-    return Trace(source=path, format="trace.dat", frames=frames, metadata=md, formats=by_name, lost_events=lost,
-                 kallsyms=kallsyms, damage=damage, tables=tables, counts_hint=counts)
+    return Trace(source=path, format="trace.dat", frames=frames, metadata=md, formats=index.by_name(),
+                 lost_events=lost, kallsyms=kallsyms, damage=damage, tables=tables, counts_hint=counts)
 
 
 def _builder(st: _State, fmt: EventFormat, *arrays):
+    """A zero-argument frame builder; it drops its index arrays once built (and the page buffer once every
+    builder has run), so a fully read trace holds its frames, not the raw data."""
+    box: dict = {"arrays": arrays}
+
     def build() -> pl.DataFrame:
-        return _frame(st, fmt, *arrays)
+        if "df" not in box:
+            box["df"] = _frame(st, fmt, *box.pop("arrays"))
+            st.pending -= 1
+            if st.pending <= 0:
+                st.buf = np.zeros(16, np.uint8)
+        return box["df"]
 
     return build
+
+
+_NAME = re.compile(r"^name:\s*(\S+)", re.M)
+_ID = re.compile(r"^ID:\s*(\d+)", re.M)
+
+
+class _FormatIndex:
+    """Event format texts indexed by ID and name; each is parsed on first use (a file holds ~2000 formats)."""
+
+    def __init__(self, path: str, texts: list[tuple[str, str]]):
+        self.path = path
+        self.by_id: dict[int, tuple[str, str]] = {}
+        self.names: dict[str, tuple[str, str]] = {}
+        self.parsed: dict[int, EventFormat | None] = {}
+        for system, text in texts:
+            n, i = _NAME.search(text), _ID.search(text)
+            if n and i:
+                self.by_id[int(i.group(1))] = (system, text)
+                self.names[f"{system}:{n.group(1)}"] = (system, text)
+
+    def parse(self, eid: int, damage: list | None = None) -> EventFormat | None:
+        if eid not in self.parsed:
+            fmt = None
+            if eid in self.by_id:
+                system, text = self.by_id[eid]
+                try:
+                    fmt = parse_format(text, system, path=self.path)
+                except ParseError as exc:
+                    if damage is not None:
+                        damage.append(exc)
+            self.parsed[eid] = fmt
+        return self.parsed[eid]
+
+    def by_name(self) -> dict[str, EventFormat]:
+        return _LazyFormats(self)
+
+
+class _LazyFormats(dict):
+    """``Trace.formats``: every event format of the file by ``system:event``, parsed when first looked up."""
+
+    def __init__(self, index: _FormatIndex):
+        super().__init__()
+        self._index = index
+        self._keys = list(index.names)
+
+    def _load(self, key: str) -> EventFormat | None:
+        if not dict.__contains__(self, key):
+            system, text = self._index.names[key]
+            try:
+                dict.__setitem__(self, key, parse_format(text, system, path=self._index.path))
+            except ParseError:
+                return None
+        return dict.__getitem__(self, key)
+
+    def __getitem__(self, key):
+        if key not in self._index.names or self._load(key) is None:
+            raise KeyError(key)
+        return dict.__getitem__(self, key)
+
+    def get(self, key, default=None):
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key) -> bool:
+        return key in self._index.names
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def keys(self):
+        return list(self._keys)
+
+    def items(self):
+        return [(k, v) for k in self._keys if (v := self.get(k)) is not None]
+
+    def values(self):
+        return [v for _, v in self.items()]
 
 
 def _lost_frame(rows, buffers) -> pl.DataFrame:

@@ -55,33 +55,39 @@ class Records:
     damage: list[ParseError]
 
 
-def build_pageset(parts: list[tuple[int, int, np.ndarray, int, bool]], page_size: int, path: str,
-                  damage: list[ParseError]) -> PageSet:
-    """Lay out per-CPU page data (``(group, cpu, bytes, file offset, compressed)``) in one buffer.
+def build_pageset(parts: list[tuple[int, int, list, int, bool]], page_size: int, path: str,
+                  damage: list[ParseError], fill) -> PageSet:
+    """Lay out per-CPU page data in one buffer, each CPU's pages copied (or decompressed) straight into place.
+
+    Args:
+        parts: ``(group, cpu, chunks, file offset, compressed)`` per CPU; ``chunks`` as sections.cpu_chunks gives.
+        fill: ``fill(chunks, dest, compressed)`` copies/decompresses the chunks into ``dest``.
 
     A trailing partial page is reported in ``damage`` and skipped.
     """
-    total = 0
-    for _g, cpu, data, off, comp in parts:
-        whole = len(data) // page_size
-        if len(data) % page_size:
-            damage.append(ParseError(path, off + (0 if comp else whole * page_size),
-                                     f"CPU {cpu} data made of whole {page_size}-byte pages",
-                                     f"{len(data)} bytes (a partial page of {len(data) % page_size} bytes skipped)"))
-        total += whole * page_size
-    buf = np.zeros(total + 16, np.uint8)
+    sizes = [sum(ch[2] for ch in chunks) for _g, _c, chunks, _o, _z in parts]
+    padded = [-(-n // page_size) * page_size for n in sizes]
+    buf = np.zeros(sum(padded) + 16, np.uint8)
     starts, cpus, groups = [], [], []
     where = []
     pos = 0
-    for g, cpu, data, off, comp in parts:
-        whole = len(data) // page_size
-        n = whole * page_size
-        buf[pos:pos + n] = data[:n]
+    for (g, cpu, chunks, off, comp), n, room in zip(parts, sizes, padded, strict=True):
+        try:
+            fill(chunks, buf[pos:pos + room], comp)
+        except ParseError as exc:
+            damage.append(exc)
+            continue
+        whole = n // page_size
+        if n % page_size:
+            damage.append(ParseError(path, off + (0 if comp else whole * page_size),
+                                     f"CPU {cpu} data made of whole {page_size}-byte pages",
+                                     f"{n} bytes (a partial page of {n % page_size} bytes skipped)"))
+            buf[pos + whole * page_size:pos + room] = 0
         starts.append(pos + np.arange(whole, dtype=np.int64) * page_size)
         cpus.append(np.full(whole, cpu, np.int32))
         groups.append(np.full(whole, g, np.int32))
         where.append((off, whole, cpu, comp))
-        pos += n
+        pos += room
     return PageSet(buf, _cat(starts, np.int64), _cat(cpus, np.int32), _cat(groups, np.int32), where)
 
 

@@ -336,28 +336,52 @@ def read_info(data, path: str) -> FileInfo:
     return info
 
 
-def cpu_bytes(b: Blob, info: FileInfo, buf: Buffer, cpu: CpuData) -> tuple[np.ndarray, int]:
-    """One CPU's ring-buffer pages of ``buf`` as a uint8 array (decompressed) and the file offset they start at.
+def cpu_chunks(b: Blob, info: FileInfo, buf: Buffer, cpu: CpuData) -> list[tuple[int, int, int]]:
+    """Where one CPU's ring-buffer pages of ``buf`` lie: ``(file offset, stored bytes, uncompressed bytes)`` per
+    chunk (one chunk when the data is not compressed).
 
     Raises:
-        ParseError: the data lies outside the file, or a compressed chunk is damaged.
+        ParseError: the data lies outside the file, or a chunk header is damaged.
     """
     if cpu.size == 0:
-        return np.zeros(0, np.uint8), cpu.offset
+        return []
     if not buf.compressed:
         if cpu.offset + cpu.size > b.size:
             raise TruncatedError(b.path, cpu.offset, f"{cpu.size} bytes of CPU {cpu.cpu} data",
                                  f"{max(0, b.size - cpu.offset)} bytes")
-        return np.frombuffer(b.data, np.uint8, count=cpu.size, offset=cpu.offset), cpu.offset
+        return [(cpu.offset, cpu.size, cpu.size)]
     count = b.num(cpu.offset, 4, f"the chunk count of CPU {cpu.cpu}")
     off = cpu.offset + 4
+    end = cpu.offset + 4 + cpu.size  # the size recorded leaves out the 4-byte chunk count
     hdr = L.order(L.COMPRESSION_HEADER, b.big)
-    parts = []
+    chunks = []
+    total = 0
     for _ in range(count):
         ch = b.rec(off, hdr, "a chunk header")
-        raw = b.take(off + 8, int(ch["compressed_size"]), f"a compressed chunk of CPU {cpu.cpu}")
-        parts.append(decompress(info.compression, raw, int(ch["uncompressed_size"]), b.path, off))
-        off += 8 + int(ch["compressed_size"])
-        if off > cpu.offset + cpu.size + 8:
-            raise ParseError(b.path, off, f"chunks within the {cpu.size} bytes of CPU {cpu.cpu}", "more")
-    return np.frombuffer(b"".join(parts), np.uint8), cpu.offset
+        csize, usize = int(ch["compressed_size"]), int(ch["uncompressed_size"])
+        if off + 8 + csize > min(end, b.size):
+            raise TruncatedError(b.path, off, f"a compressed chunk of {csize} bytes within CPU {cpu.cpu}'s data",
+                                 f"{max(0, min(end, b.size) - off - 8)} bytes")
+        total += usize
+        if total > MAX_UNCOMPRESSED:
+            raise ParseError(b.path, off, f"CPU data below {MAX_UNCOMPRESSED} bytes uncompressed", total)
+        chunks.append((off + 8, csize, usize))
+        off += 8 + csize
+    return chunks
+
+
+def fill_chunks(b: Blob, info: FileInfo, chunks: list[tuple[int, int, int]], dest: np.ndarray,
+                compressed: bool) -> None:
+    """Copy (decompressing) ``chunks`` into ``dest`` (uint8, at least the sum of their uncompressed sizes).
+
+    Raises:
+        ParseError: a compressed chunk is damaged.
+    """
+    pos = 0
+    for off, csize, usize in chunks:
+        if not compressed:
+            dest[pos:pos + usize] = np.frombuffer(b.data, np.uint8, count=usize, offset=off)
+        else:
+            out = decompress(info.compression, b.take(off, csize, "a compressed chunk"), usize, b.path, off - 8)
+            dest[pos:pos + usize] = np.frombuffer(out, np.uint8)
+        pos += usize
