@@ -112,6 +112,8 @@ def parse(text: str, formats, symbols: dict[str, int]):
             bare[fmt.name] = bare_hex_fields(fmt.print_fmt)
         fields = {k: (int(v, 16) if k in bare[fmt.name] and re.fullmatch(r"[0-9a-f]+", v.strip()) else
                       value(v, symbols)) for k, v in _split(m["rest"], names).items() if k in sized}
+        if fmt.name in ("kernel_stack", "user_stack") and isinstance(fields.get("caller"), bytes):
+            fields["caller"] = fields["caller"][: 8 * min(8, int(fields.get("size", 8)))]
         events.append((int(m["ts"]) * 1_000_000_000 + int(m["frac"]), int(m["cpu"]), int(m["pid"]), m["event"],
                        fields))
     return events, drops
@@ -132,6 +134,10 @@ def expected(events, formats):
                     fields[f.name] = v
                 elif isinstance(v, list):
                     es = f.size // f.array_len
+                    if fmt.name in ("kernel_stack", "user_stack"):  # -R shows 8 slots; only `size` are the record's
+                        v = v[: f.array_len]
+                        fields[f.name] = b"".join(int(x).to_bytes(es, "little") for x in v)
+                        continue
                     fields[f.name] = b"".join(int(x).to_bytes(es, "little") for x in (v + [0] * f.array_len)[:f.array_len])
                 else:
                     v = int(v)

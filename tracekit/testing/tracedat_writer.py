@@ -168,6 +168,9 @@ def _encode(fmt: EventFormat, df: pl.DataFrame) -> list[tuple[np.ndarray, np.nda
                 values = values.astype(np.uint8)
             rec[name] = values.astype(dtype.fields[name][0])
     fixed = rec.view(np.uint8).reshape(n, dtype.itemsize)
+    tail = _stack_tail(fmt, df)
+    if tail is not None:
+        return _encode_stack(fmt, fixed, tail, df)
     if not dynamic:
         return [(np.arange(n), fixed)]
     # __data_loc: payload after the fixed part, locator = offset | (length << 16); strings carry their NUL
@@ -195,6 +198,33 @@ def _encode(fmt: EventFormat, df: pl.DataFrame) -> list[tuple[np.ndarray, np.nda
             for j, r in enumerate(rows):
                 start = int(loc[r] & 0xFFFF)
                 out[j, start:start + len(p[r])] = np.frombuffer(p[r], dtype=np.uint8)
+        blocks.append((rows, out))
+    return blocks
+
+
+def _stack_tail(fmt: EventFormat, df: pl.DataFrame) -> Field | None:
+    """The ``caller`` array of an ftrace stack event (``kernel_stack``, ``user_stack``): the kernel records ``size``
+    entries (``struct stack_entry``'s ``caller[]`` is flexible; the format's ``[8]`` is nominal), so the record
+    length follows the list given for each row."""
+    if fmt.system != "ftrace" or fmt.name not in ("kernel_stack", "user_stack") or "caller" not in df.columns:
+        return None
+    f = fmt.field("caller")
+    return f if f.array_len else None
+
+
+def _encode_stack(fmt: EventFormat, fixed: np.ndarray, f: Field, df: pl.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
+    callers = df.get_column("caller").to_list()
+    lengths = np.fromiter((len(c or ()) for c in callers), dtype=np.int64, count=len(callers))
+    es = f.size // f.array_len
+    blocks = []
+    for k in np.unique(lengths):
+        rows = np.flatnonzero(lengths == k)
+        size = f.offset + int(k) * es
+        out = np.zeros((len(rows), size), dtype=np.uint8)
+        out[:, : f.offset] = fixed[rows, : f.offset]
+        if k:
+            vals = np.array([callers[r] for r in rows], dtype=np.uint64).astype(f"<u{es}")
+            out[:, f.offset:] = vals.view(np.uint8).reshape(len(rows), int(k) * es)
         blocks.append((rows, out))
     return blocks
 
