@@ -35,8 +35,8 @@ from ._source import MAX_BYTES, check_text, lines_frame, read_bytes
 __all__ = ["sniff", "read"]
 
 _SNIFF_EVENT = re.compile(
-    r"^(?:[ \t]*>)*[ \t]*(?:\S.*?-\d+\s+(?:\(\s*(?:\d+|-+)\)\s+)?\[\d+\]\s+(?:[.A-Za-z0-9]{4,5}\s+)?)?"
-    r"\d+\.\d+:\s+(?:<(?:user )?stack trace>|[A-Za-z_][\w.+-]*:|[A-Za-z_.$][\w.$]*\s+<-)", re.M)
+    r"^(?:[ \t]*>)*[ \t]*(?:\S.*?-\d+\s+(?:\(\s*(?:\d+|-+)\)\s+)?\[\d+\]\s*(?:[.A-Za-z0-9]{4,5}\s+)?\d+(?:\.\d+)?"
+    r"|\d+\.\d+):\s+(?:<(?:user )?stack trace>|[A-Za-z_][\w.+-]*:|[A-Za-z_.$][\w.$]*\s+<-)", re.M)
 _SNIFF_HEADER = re.compile(r"^(?:[ \t]*>)*[ \t]*(?:# tracer: \S+|cpus=\d+\s*$)", re.M)
 
 STACK_EVENTS = ("kernel_stack", "user_stack")
@@ -87,8 +87,9 @@ def _by_short_name(formats: dict[str, EventFormat]) -> dict[str, EventFormat]:
 def _ts_ns(col: str = "ts") -> pl.Expr:
     """``secs.usecs`` (or ``secs.nsecs``) → Int64 ns; a bare integer (a counter clock such as x86-tsc, which the
     kernel prints unconverted) is kept as it is."""
-    sec = pl.col(col).str.extract(r"^(\d+)", 1).cast(pl.Int64)
-    frac = pl.col(col).str.extract(r"\.(\d+)$", 1)
+    parts = pl.col(col).str.split_exact(".", 1)
+    sec = parts.struct.field("field_0").cast(pl.Int64, strict=False)
+    frac = parts.struct.field("field_1")
     return pl.when(frac.is_null()).then(sec).otherwise(
         sec * 1_000_000_000 + frac.str.pad_end(9, "0").str.slice(0, 9).cast(pl.Int64))
 
@@ -127,7 +128,11 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
     key = fmt.full_name
     if key not in parse_cache:
         parse_cache[key] = _info_parser(fmt, long_size)
-    fields = parse_cache[key](info)
+    if name in STACK_EVENTS and not info.str.starts_with("size=").any():
+        # "<stack trace >" / "": the frames come from the "=>" lines, nothing to invert
+        fields = pl.DataFrame({c: pl.Series(c, [None] * len(info), dtype=t) for c, t in schema.items()})
+    else:
+        fields = parse_cache[key](info)
     failed = 0
     raw_rx, raw_fields = parse_cache.setdefault(("raw", key), raw_parser(fmt, long_size))
     raw_m = info.str.contains(raw_rx) if schema else pl.Series([False] * len(info))
@@ -268,8 +273,8 @@ def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int]
     step(1)
     lines = _lines.strip_quotes(lines_frame(data))
     del data
-    md = _lines.metadata(lines)
     ev, stack_lines, others = _lines.classify(lines)
+    md = _lines.metadata(others)
     step(2)
     if ev.height == 0 and not (others["kind"] == "ignored").any():
         first = pl.concat([others.select("line_no", "line"),
@@ -303,7 +308,8 @@ def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int]
     unparsed = pl.concat([others.filter(pl.col("kind") == "unparsed").select("line_no", "line"), orphans]) \
         .sort("line_no")
     md.update({"compression": compression, "long_size": long_size,
-               "ts_precision_ns": 1 if ev["ts"].str.extract(r"\.(\d+)$", 1).str.len_chars().max() == 9 else 1000,
+               "ts_precision_ns": 1 if ev["ts"].head(1000).str.split_exact(".", 1).struct.field("field_1")
+               .str.len_chars().max() == 9 else 1000,
                "lines": lines.height, "unparsed": unparsed.height})
     lost = _lines.lost_events(others).cast(LOST_SCHEMA)
     used = {k: fmts[k] for k in frames if k in fmts}

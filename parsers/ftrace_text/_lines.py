@@ -28,16 +28,16 @@ _META = {
 
 def strip_quotes(lines: pl.DataFrame) -> pl.DataFrame:
     """Remove mail quote prefixes (only when some line carries one, to keep the common case cheap)."""
-    if lines.height and lines["line"].str.contains(r"^[ \t]*>").any():
+    if lines.height and lines["line"].str.strip_chars_start(" \t").str.starts_with(">").any():
         return lines.with_columns(pl.col("line").str.replace(QUOTE, ""))
     return lines
 
 
-def metadata(lines: pl.DataFrame) -> dict[str, object]:
-    """What the header lines say: cpus (``cpus=N`` or ``#P:N``), trace-cmd ``version``, ``tracer``, entries, and the
-    CPUs reported empty."""
+def metadata(others: pl.DataFrame) -> dict[str, object]:
+    """What the header lines (among the lines that are neither events nor stack frames) say: cpus (``cpus=N`` or
+    ``#P:N``), trace-cmd ``version``, ``tracer``, entries, and the CPUs reported empty."""
     md: dict[str, object] = {}
-    head = lines.filter(pl.col("line").str.contains(r"^\s*(?:#|cpus|version|CPU\s+\d+\s+is empty)"))["line"]
+    head = others.filter(pl.col("line").str.contains(r"^\s*(?:#|cpus|version|CPU\s+\d+\s+is empty)"))["line"]
     for key, (rx, conv) in _META.items():
         hit = head.str.extract(rx, 1).drop_nulls()
         if hit.len():
@@ -51,7 +51,7 @@ def metadata(lines: pl.DataFrame) -> dict[str, object]:
 
 
 #: the part before the first ": " of an event line
-HEAD = (r"^\s*(?:(?P<comm>\S.*?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>\d+|-+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
+HEAD = (r"^\s*(?:(?P<comm>\S.*?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>\d+|-+)\)\s+)?\[(?P<cpu>\d+)\]\s*"
         r"(?:(?P<flags>[.A-Za-z0-9]{4,5})\s+)?)?(?P<ts>\d+\.\d+|\d+)$")
 _NAME = r"^[A-Za-z_][\w.+-]*$"
 _FUNC = r"^(?P<func>[A-Za-z_.$][\w.$]*)\s+<-(?P<parent>\S*)\s*$"
@@ -122,25 +122,22 @@ def attach_stacks(events: pl.DataFrame, stacks: pl.DataFrame, lines: pl.DataFram
     ok = pl.col("owner_event").is_in(list(stack_events)).fill_null(False)
     orphans = st.filter(~ok).select("line_no").join(lines, on="line_no", how="left")
     st = st.filter(ok)
-    # trace-cmd: "sym (addr)"; tracefs with sym-addr: "sym <addr>"; plain tracefs: "sym"
-    has_addr = pl.col("frame").str.ends_with(")") | pl.col("frame").str.ends_with(">")
-    split = pl.col("frame").str.slice(0, pl.col("frame").str.len_chars() - 1).str.split_exact(" (", 1)
+    # trace-cmd: "sym (addr)"; tracefs: "sym"; tracefs with options/sym-addr: "sym <addr>"
+    frame = pl.col("frame")
+    if st.height and st["frame"].str.ends_with(">").any():
+        angle = frame.str.ends_with(">")
+        st = st.with_columns(
+            pl.when(angle).then(frame.str.replace(_FRAME_ADDR, "").str.strip_chars() + " ("
+                                + frame.str.extract(_FRAME_ADDR, 1) + ")").otherwise(frame).alias("frame"))
+    has_addr = frame.str.ends_with(")")
+    split = frame.str.slice(0, frame.str.len_chars() - 1).str.split_exact(" (", 1)
     st = st.with_columns(pl.when(has_addr).then(split).alias("_s"))
-    sym = pl.when(pl.col("_s").struct.field("field_1").is_not_null()).then(pl.col("_s").struct.field("field_0")) \
-        .otherwise(pl.col("frame"))
     addr = pl.col("_s").struct.field("field_1")
-    angle = pl.col("frame").str.extract(_FRAME_ADDR, 1)
+    sym = pl.when(addr.is_not_null()).then(pl.col("_s").struct.field("field_0")).otherwise(frame)
     st = st.with_columns(
-        sym.alias("_sym"),
-        pl.when(pl.col("frame").str.ends_with(">")).then(angle).otherwise(addr).alias("_addr"))
-    st = st.with_columns(
-        pl.when(pl.col("frame").str.ends_with(">")).then(pl.col("frame").str.replace(_FRAME_ADDR, "").str.strip_chars())
-        .otherwise(pl.col("_sym")).alias("_sym"))
-    st = st.with_columns(
-        pl.when(pl.col("_sym").str.contains(r"^(?:0x)?[0-9a-fA-F]{8,16}$|^$")).then(None).otherwise(pl.col("_sym"))
-        .alias("callers"),
-        pl.col("_addr").str.to_integer(base=16, dtype=pl.UInt64, strict=False).alias("caller"),
-        pl.col("_addr").is_not_null().alias("_has_addr"))
+        pl.when(sym.str.starts_with("0x") | (sym == "")).then(None).otherwise(sym).alias("callers"),
+        addr.str.to_integer(base=16, dtype=pl.UInt64, strict=False).alias("caller"),
+        addr.is_not_null().alias("_has_addr"))
     frames = st.group_by("owner", maintain_order=True).agg(
         pl.col("callers"), pl.col("caller"), pl.col("_has_addr").all().alias("_has_addr"))
     frames = frames.with_columns(pl.when(pl.col("_has_addr")).then(pl.col("caller")).alias("caller")).drop("_has_addr")

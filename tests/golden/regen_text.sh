@@ -13,3 +13,6 @@ trace-cmd report -R "$D/trace.dat" 2>/dev/null | zstd -q -19 -f -o "$D/report_R.
 trace-cmd report "$D/trace.dat" 2>/dev/null | sed -n '1,400p' | sed 's/^/> /' | gzip -9 -n > "$D/report_quoted.txt.gz"
 trace-cmd -h 2>&1 | grep -m1 "version" > "$D/report_tool_version.txt"
 ls -l "$D"
+# the x86-tsc recording: trace-cmd prints the raw counter glued to the CPU column ("[001]3696154942357:")
+T=$(cd "$(dirname "$0")/../data/text/same_buffer_tsc" && pwd)
+trace-cmd report "$T/trace.dat" 2>/dev/null | zstd -q -19 -f -o "$T/report.txt.zst"
