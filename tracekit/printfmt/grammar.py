@@ -27,7 +27,6 @@ __all__ = [
     "PrintFmt", "Conversion", "parse_print_fmt", "parse_expr", "parse_conversions", "unescape",
 ]
 
-pp.ParserElement.enable_packrat(cache_size_limit=4096)
 
 
 # -- AST ---------------------------------------------------------------------------------------------------------------
