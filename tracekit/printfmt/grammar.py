@@ -560,17 +560,13 @@ def parse_conversions(fmt: str) -> tuple[str | Conversion, ...]:
             elif ch in "zZ":
                 length = 1
         flags = "".join(ch for ch in re.match(r"[-+#0 ]*", body).group(0))
-        wm = re.search(r"(\*|\d+)(?:\.(\d*))?", body[len(flags):])
+        wm = re.match(r"(\*|\d+)?(?:\.(\*|\d*))?", body[len(flags):])
         width: int | None = None
         precision: int | None = None
-        if wm:
+        if wm.group(1):
             width = -1 if wm.group(1) == "*" else int(wm.group(1))
-            if wm.group(2) is not None:
-                precision = int(wm.group(2) or 0)
-        else:
-            pm = re.search(r"\.(\d*)", body)
-            if pm:
-                precision = int(pm.group(1) or 0)
+        if wm.group(2) is not None:
+            precision = -1 if wm.group(2) == "*" else int(wm.group(2) or 0)
         out.append(Conversion(fmt[i:m.end() + len(ext)], flags, width, precision, length, conv, ext))
         i = m.end() + len(ext)
     if text:
