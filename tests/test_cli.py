@@ -165,7 +165,7 @@ def test_subprocess_analyze_bundled_sample(tmp_path):
     doc = json.loads((out / "findings.json").read_text())
     jsonschema.validate(doc, schema())
     assert doc["multi_pmi_exits"], "the sample holds double-PMI exits"
-    p = _run("analyze", "--fail-on", "error", "-o", str(tmp_path / "x"), cwd=tmp_path)
+    p = _run("analyze", "--fail-on", "error", "--json-only", "-o", str(tmp_path / "x"), cwd=tmp_path)
     assert p.returncode == 1, p.stderr
 
 
