@@ -259,8 +259,7 @@ class _Reader:
         frame.update(plain)
         if "callchain_raw" in cols:
             flat, offs = cols["callchain_raw"]
-            ips, offs2, ctx = S.strip_context(flat, offs)
-            frame["_cc"] = (ips, offs2, ctx)
+            frame["_cc"] = (flat, offs)  # context markers are stripped once per distinct stack (symbolize)
         if "read_values" in cols:
             v, o = cols["read_values"]
             frame["read_values"] = S.list_series("read_values", pl.Series(v, dtype=pl.UInt64), o)
@@ -294,14 +293,13 @@ class _Reader:
                 cols[k] = np.asarray(v)[ok]
         df = pl.DataFrame(cols)
         if cc is not None:
-            ips, offs, ctx = cc
+            ips, offs = cc
             counts = np.diff(offs)[ok]
-            keep = np.repeat(ok, np.diff(offs))
-            ips, ctx = ips[keep], ctx[keep]
+            ips = ips[np.repeat(ok, np.diff(offs))]
             offs = np.zeros(len(counts) + 1, dtype=np.int64)
             np.cumsum(counts, out=offs[1:])
             df = df.with_columns(pl.Series("_cc_n", counts))
-            self._cc_parts.append((ips, ctx, offs))
+            self._cc_parts.append((ips, offs))
             df = df.with_columns(pl.lit(len(self._cc_parts) - 1, dtype=pl.Int32).alias("_cc_part"))
         for k, v in extra.items():
             # a tracepoint field named like a sample column (sched_wakeup's pid, comm) is kept as tp_<name>

@@ -66,12 +66,25 @@ class Stream:
         return self.buf[offs]
 
     def u16(self, offs: np.ndarray) -> np.ndarray:
+        offs = np.asarray(offs, dtype=np.int64)
+        if len(offs) and not (offs & 1).any():
+            return self._view(2)[offs >> 1]
         a, b = self.buf[offs].astype(np.uint16), self.buf[offs + 1].astype(np.uint16)
         return (a << 8) | b if self.big else a | (b << 8)
 
     def u32(self, offs: np.ndarray) -> np.ndarray:
-        g = self.buf[np.asarray(offs)[:, None] + np.arange(4)]
-        return np.ascontiguousarray(g).view(">u4" if self.big else "<u4")[:, 0].astype(np.uint32)
+        offs = np.asarray(offs, dtype=np.int64)
+        if len(offs) and not (offs & 3).any():
+            return self._view(4)[offs >> 2]
+        b = [self.buf[offs + i].astype(np.uint32) for i in range(4)]
+        if self.big:
+            b.reverse()
+        return b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)
+
+    def _view(self, size: int) -> np.ndarray:
+        n = len(self.buf) // size * size
+        v = self.buf[:n].view(f"{'>' if self.big else '<'}u{size}")
+        return v.astype(f"=u{size}") if self.big else v
 
     def u64(self, offs: np.ndarray) -> np.ndarray:
         offs = np.asarray(offs, dtype=np.int64)
@@ -116,6 +129,21 @@ class Stream:
         ok = _KNOWN[np.minimum(typ, len(_KNOWN) - 1)] & (raw >= 8)
         return ok & ((raw & 7) == 0) if aligned else ok
 
+    def step_at(self, pos: np.ndarray) -> np.ndarray:
+        """For 8-byte aligned offsets: the record size if a plausible header starts there, else 8."""
+        w = self.words()[pos >> 3]
+        if self.big:
+            typ, size = w >> np.uint64(32), (w & np.uint64(0xFFFF)).astype(np.int64)
+        else:
+            typ, size = w & np.uint64(0xFFFFFFFF), (w >> np.uint64(48)).astype(np.int64)
+        ok = (_KNOWN[np.minimum(typ, np.uint64(len(_KNOWN) - 1)).astype(np.int64)] & (size >= 8)
+              & ((size & 7) == 0))
+        step = np.where(ok, size, 8)
+        special = ok & ((typ == L.T["HEADER_TRACING_DATA"]) | (typ == L.T["AUXTRACE"]))
+        if special.any():
+            step[special] = self.record_sizes(pos[special])
+        return step
+
     def steps(self, aligned: bool = True) -> np.ndarray:
         """For every 8-byte word (``aligned``) or every byte of the stream: the record size if a plausible header
         starts there, else the granule (8 or 1)."""
@@ -151,17 +179,16 @@ _KNOWN = np.zeros(L.T["COMPRESSED2"] + 2, dtype=bool)
 _KNOWN[list(L.RECORD_TYPES)] = True
 
 
-def _lockstep(step: np.ndarray, starts: np.ndarray, ends: np.ndarray,
-              shift: int = 3) -> tuple[list[np.ndarray], np.ndarray]:
-    """Walk every chunk ``[starts[i], ends[i])`` at once with the per-word ``step`` table; returns the visited
-    offsets (one (chunk, offset) array per step) and each chunk's exit offset."""
+def _lockstep(step, starts: np.ndarray, ends: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Walk every chunk ``[starts[i], ends[i])`` at once, ``step(offsets)`` giving the size of the record at each
+    offset; returns the visited offsets (one (chunk, offset) array per step) and each chunk's exit offset."""
     cur = starts.astype(np.int64).copy()
     active = np.nonzero(cur < ends)[0]
     out: list[np.ndarray] = []
     while len(active):
         p = cur[active]
         out.append(np.stack([active, p]))
-        cur[active] = p + step[p >> shift]
+        cur[active] = p + step(p)
         active = active[cur[active] < ends[active]]
     return out, cur
 
@@ -191,11 +218,17 @@ def _walk(stream: Stream, start: int, end: int | None, aligned: bool) -> tuple[n
     shift = 3 if aligned else 0
     if start & 7 and aligned:
         raise ValueError("record streams start 8-byte aligned")
-    step = stream.steps(aligned)
+    if aligned:
+        step = stream.step_at
+    else:
+        table = stream.steps(False)
+
+        def step(p: np.ndarray) -> np.ndarray:
+            return table[p]
     nchunks = max(1, (end - start) // _CHUNK)
     starts = start + (np.arange(nchunks, dtype=np.int64) * ((end - start) // nchunks)) >> shift << shift
     ends = np.append(starts[1:], end)
-    steps, exits = _lockstep(step, starts, ends, shift)
+    steps, exits = _lockstep(step, starts, ends)
     allv = np.concatenate(steps, axis=1) if steps else np.zeros((2, 0), dtype=np.int64)
     order = np.argsort(allv[1], kind="stable")
     chunk_of, pos = allv[0][order], allv[1][order]
@@ -212,7 +245,7 @@ def _walk(stream: Stream, start: int, end: int | None, aligned: bool) -> tuple[n
         if not len(bad):
             break
         redo = bad  # a redone chunk may move the entry of the next one: the loop runs until nothing changes
-        s2, e2 = _lockstep(step, entry[redo], ends[redo], shift)
+        s2, e2 = _lockstep(step, entry[redo], ends[redo])
         keep = ~np.isin(chunk_of, redo)
         new = np.concatenate(s2, axis=1) if s2 else np.zeros((2, 0), dtype=np.int64)
         chunk_of = np.concatenate([chunk_of[keep], redo[new[0]]])

@@ -14,10 +14,25 @@ import polars as pl
 
 from tracekit.symbols import Kallsyms
 
+from .samples import strip_context
+
 KERNEL_START = np.uint64(0xFFFF800000000000)
 CTX_KERNEL = np.uint64(2**64 - 128)
 CTX_USER = np.uint64(2**64 - 512)
 UNKNOWN = "[unknown]"
+_USER_BITS = np.uint64(47)
+_USER_LIMIT = np.uint64(1 << 47)
+_USER_MASK = np.uint64((1 << 47) - 1)
+_MIX1 = np.uint64(0x9E3779B97F4A7C15)
+_MIX2 = np.uint64(0xC2B2AE3D27D4EB4F)
+
+
+def _mix(v: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, elementwise (wrapping uint64 arithmetic)."""
+    with np.errstate(over="ignore"):
+        v = (v ^ (v >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        v = (v ^ (v >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return v ^ (v >> np.uint64(31))
 
 
 def perf_kallsyms(ks: Kallsyms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -31,6 +46,9 @@ def perf_kallsyms(ks: Kallsyms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 _ELF64_SYM = np.dtype([("st_name", "<u4"), ("st_info", "u1"), ("st_other", "u1"), ("st_shndx", "<u2"),
                        ("st_value", "<u8"), ("st_size", "<u8")])
+_ELF64_PHDR = np.dtype([("p_type", "<u4"), ("p_flags", "<u4"), ("p_offset", "<u8"), ("p_vaddr", "<u8"),
+                        ("p_paddr", "<u8"), ("p_filesz", "<u8"), ("p_memsz", "<u8"), ("p_align", "<u8")])
+_PT_LOAD = 1
 _STT_FUNC, _STT_GNU_IFUNC = 2, 10
 
 
@@ -70,8 +88,12 @@ class _Elf:
                 elf = ELFFile(f)
                 if elf.elfclass != 64 or not elf.little_endian:
                     return
-                self.segs = [(s["p_offset"], s["p_filesz"], s["p_vaddr"]) for s in elf.iter_segments()
-                             if s["p_type"] == "PT_LOAD"]
+                eh = elf.header  # program headers as one numpy view (pyelftools' segments parse .dynamic)
+                f.seek(eh["e_phoff"])
+                ph = np.frombuffer(f.read(eh["e_phnum"] * _ELF64_PHDR.itemsize), dtype=_ELF64_PHDR)
+                ph = ph[ph["p_type"] == _PT_LOAD]
+                self.segs = list(zip(ph["p_offset"].tolist(), ph["p_filesz"].tolist(), ph["p_vaddr"].tolist(),
+                                     strict=True))
                 found = _symtab(elf, ".symtab")
                 debug = _debug_file(elf)
                 if found is None and debug:  # perf reads the build-id debug file (e.g. libc6-dbg) first
@@ -89,12 +111,9 @@ class _Elf:
         syms = syms[np.argsort(syms["st_value"], kind="stable")]
         _, first = np.unique(syms["st_value"], return_index=True)
         syms = syms[first]
-        sb = np.frombuffer(strtab, dtype=np.uint8)
-        nul = np.flatnonzero(sb == 0)
-        name_end = nul[np.minimum(np.searchsorted(nul, syms["st_name"]), len(nul) - 1)]
-        self.names = np.array([strtab[a:e].decode("utf-8", "replace")
-                               for a, e in zip(syms["st_name"].tolist(), name_end.tolist(), strict=True)],
-                              dtype=object)
+        self._strtab = strtab
+        self._name_off = syms["st_name"].astype(np.int64)
+        self._names: dict[int, str] = {}
         self.starts = syms["st_value"].astype(np.uint64)
         sizes = syms["st_size"].astype(np.uint64)
         nxt = np.append(self.starts[1:], np.uint64(2**64 - 1))
@@ -115,8 +134,21 @@ class _Elf:
         hit = found & (i >= 0)
         safe = np.maximum(i, 0)
         hit &= vaddr < self.ends[safe]
-        out[hit] = self.names[safe[hit]]
+        idx = safe[hit]
+        uniq, inv = np.unique(idx, return_inverse=True)
+        names = np.array([self._name(int(i)) for i in uniq] + [""], dtype=object)[:-1]
+        out[hit] = names[inv]
         return out
+
+    def _name(self, i: int) -> str:
+        """Symbol ``i``'s name, decoded from the string table on first use."""
+        name = self._names.get(i)
+        if name is None:
+            a = int(self._name_off[i])
+            e = self._strtab.find(b"\0", a)
+            name = self._strtab[a:e if e >= 0 else len(self._strtab)].decode("utf-8", "replace")
+            self._names[i] = name
+        return name
 
 
 class Symbolizer:
@@ -161,30 +193,30 @@ class Symbolizer:
             return sym, dso
         m = self.maps
         mpid = m["pid"].to_numpy()
-        upids, first = np.unique(mpid, return_index=True)
-        last = np.append(first[1:], len(mpid))
-        mstart = m["addr"].to_numpy()
-        mend = mstart + m["len"].to_numpy()
-        pgoff = m["pgoff"].to_numpy()
+        mstart = m["addr"].to_numpy().astype(np.uint64)
+        mend = mstart + m["len"].to_numpy().astype(np.uint64)
+        pgoff = m["pgoff"].to_numpy().astype(np.uint64)
         files = m["filename"].to_numpy()
-        pidx = np.searchsorted(upids, pids)
-        has = (pidx < len(upids)) & (upids[np.minimum(pidx, len(upids) - 1)] == pids)
-        found = np.full(n, -1, dtype=np.int64)
-        for k in np.unique(pidx[has]).tolist():  # one vectorised search per process with maps
-            sel = np.nonzero(has & (pidx == k))[0]
-            lo, hi = first[k], last[k]
-            j = np.searchsorted(mstart[lo:hi], ips[sel], side="right") - 1 + lo
-            okj = (j >= lo) & (ips[sel] < mend[np.maximum(j, lo)])
-            found[sel[okj]] = j[okj]
-        hit = found >= 0
+        upids, mrank = np.unique(mpid, return_inverse=True)
+        # one sorted key per map: (process rank, start); user addresses fit in 47 bits
+        mkey = (mrank.astype(np.uint64) << _USER_BITS) | (mstart & _USER_MASK)
+        order = np.argsort(mkey, kind="stable")
+        mkey, mstart, mend, pgoff, files = mkey[order], mstart[order], mend[order], pgoff[order], files[order]
+        qrank = np.searchsorted(upids, pids)
+        has = (qrank < len(upids)) & (upids[np.minimum(qrank, len(upids) - 1)] == pids) & (ips < _USER_LIMIT)
+        qkey = (qrank.astype(np.uint64) << _USER_BITS) | (ips & _USER_MASK)
+        j = np.searchsorted(mkey, qkey, side="right") - 1
+        safe = np.maximum(j, 0)
+        hit = has & (j >= 0) & ((mkey[safe] >> _USER_BITS) == (qkey >> _USER_BITS)) & (ips < mend[safe])
         if not hit.any():
             return sym, dso
-        j = found[hit]
+        j = j[hit]
         dso[hit] = files[j]
         off = ips[hit] - mstart[j] + pgoff[j]
         names = np.full(len(j), None, dtype=object)
-        for f in np.unique(files[j]).tolist():
-            sel = files[j] == f
+        fj = files[j]
+        for f in np.unique(fj).tolist():
+            sel = fj == f
             names[sel] = self._elf_for(f).lookup(off[sel])
         sym[np.nonzero(hit)[0]] = np.where(names == None, UNKNOWN, names)  # noqa: E711
         return sym, dso
@@ -198,57 +230,103 @@ class Symbolizer:
         return e
 
     def resolve(self, pid: np.ndarray, ip: np.ndarray, kernel: np.ndarray) -> tuple[pl.Series, pl.Series]:
-        """(sym, dso) of each address; ``kernel`` says which are kernel addresses."""
-        key = pl.DataFrame({"pid": np.where(kernel, -1, pid).astype(np.int64), "ip": ip})
-        uniq = key.unique()
-        up, ui = uniq["pid"].to_numpy(), uniq["ip"].to_numpy()
-        sym = np.empty(len(ui), dtype=object)
-        dso = np.empty(len(ui), dtype=object)
-        km = up < 0
-        sym[km], dso[km] = self._kernel(ui[km])
-        sym[~km], dso[~km] = self._user(up[~km], ui[~km])
-        uniq = uniq.with_columns(pl.Series("sym", sym, dtype=pl.String), pl.Series("dso", dso, dtype=pl.String))
-        out = key.join(uniq, on=["pid", "ip"], how="left", maintain_order="left")
-        return out["sym"], out["dso"]
+        """(sym, dso) of each address, looked up once per distinct address (kernel) or (pid, address) (user)."""
+        ip = np.asarray(ip, dtype=np.uint64)
+        codes = np.empty(len(ip), dtype=np.int64)
+        uk, kinv = np.unique(ip[kernel], return_inverse=True)
+        ksym, kdso = self._kernel(uk)
+        codes[kernel] = kinv
+        user = ~kernel
+        upid, prank = np.unique(np.asarray(pid)[user], return_inverse=True)
+        ukey = (prank.astype(np.uint64) << _USER_BITS) | (ip[user] & _USER_MASK)
+        big = ip[user] >= _USER_LIMIT  # not a user address: keep it apart (resolves to [unknown])
+        ukey[big] = ip[user][big]
+        uu, uinv = np.unique(ukey, return_inverse=True)
+        small = uu < (np.uint64(len(upid)) << _USER_BITS)
+        qpid = np.where(small, upid[np.minimum((uu >> _USER_BITS).astype(np.int64), max(len(upid) - 1, 0))]
+                        if len(upid) else 0, -1)
+        qip = np.where(small, uu & _USER_MASK, uu)
+        usym, udso = self._user(qpid.astype(np.int64), qip.astype(np.uint64))
+        codes[user] = len(uk) + uinv
+        names = pl.Series("sym", np.concatenate([ksym, usym]), dtype=pl.String)
+        dsos = pl.Series("dso", np.concatenate([kdso, udso]), dtype=pl.String)
+        idx = pl.Series(codes)
+        return names.gather(idx), dsos.gather(idx)
 
     # -- frames -----------------------------------------------------------------------------------------------
     def finish(self, parts: list[pl.DataFrame], cc_parts: list, tables) -> pl.DataFrame:
         """One event's sample frame from its decoded parts: symbols, callchains, comm; rows in time order."""
         df = pl.concat(parts, how="diagonal_relaxed")
         n = df.height
+        order = (np.argsort(df["ts"].to_numpy(), kind="stable") if "ts" in df.columns
+                 else np.arange(n, dtype=np.int64))
+        chains = None
+        if "_cc_part" in df.columns:
+            flats, counts = [], []
+            for k in df["_cc_part"].unique(maintain_order=True).to_list():
+                ips, offs = cc_parts[k]
+                flats.append(ips)
+                counts.append(np.diff(offs))
+            pid0 = df["pid"].to_numpy() if "pid" in df.columns else np.full(n, -1, dtype=np.int32)
+            chains = self._callchains(np.concatenate(flats), np.concatenate(counts), pid0, order)
+            df = df.drop("_cc_part", "_cc_n")
+        df = df[order] if n else df
         pid = df["pid"].to_numpy() if "pid" in df.columns else np.full(n, -1, dtype=np.int32)
         ip = df["ip"].to_numpy()
         misc = df["misc"].to_numpy()
         kern = ((misc & 7) == 1) | (((misc & 7) == 0) & (ip >= KERNEL_START))
         sym, dso = self.resolve(pid, ip, kern)
         df = df.with_columns(sym.alias("sym"), dso.alias("dso"))
-        if "_cc_part" in df.columns:
-            flats, ctxs, counts = [], [], []
-            for k in df["_cc_part"].unique(maintain_order=True).to_list():
-                ips, ctx, offs = cc_parts[k]
-                flats.append(ips)
-                ctxs.append(ctx)
-                counts.append(np.diff(offs))
-            flat = np.concatenate(flats)
-            ctx = np.concatenate(ctxs)
-            cnt = np.concatenate(counts)
-            row = np.repeat(np.arange(n, dtype=np.int64), cnt)
-            fk = (ctx == CTX_KERNEL) | ((ctx == 0) & (flat >= KERNEL_START))
-            fsym, _ = self.resolve(pid[row], flat, fk)
-            lists = (pl.DataFrame({"row": row, "callchain": fsym, "callchain_ip": pl.Series(flat, dtype=pl.UInt64)})
-                     .group_by("row", maintain_order=True).agg("callchain", "callchain_ip"))
-            full = pl.DataFrame({"row": np.arange(n, dtype=np.int64)}).join(lists, on="row", how="left",
-                                                                            maintain_order="left")
-            df = df.with_columns(full["callchain"].fill_null([]), full["callchain_ip"].fill_null([]))
-            df = df.drop("_cc_part", "_cc_n")
+        if chains is not None:
+            df = df.with_columns(*chains)
         else:
             df = df.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias("callchain"),
                                  pl.lit([], dtype=pl.List(pl.UInt64)).alias("callchain_ip"))
         df = self._comm(df)
         lead = [c for c in ("ts", "cpu", "pid", "tid", "comm", "period", "ip", "sym", "dso", "callchain",
                             "callchain_ip") if c in df.columns]
-        df = df.select(lead + [c for c in df.columns if c not in lead])
-        return df.sort("ts", maintain_order=True) if "ts" in df.columns else df
+        return df.select(lead + [c for c in df.columns if c not in lead])
+
+    def _callchains(self, flat: np.ndarray, cnt: np.ndarray, pid: np.ndarray,
+                    order: np.ndarray) -> tuple[pl.Series, pl.Series]:
+        """``callchain`` and ``callchain_ip`` List columns from the raw callchains (``flat`` words, ``cnt`` per
+        sample), returned in the row ``order`` given. Samples repeat the same few stacks, so each distinct (pid, stack) is stripped of its context
+        markers, named and listed once, then gathered per sample; stacks are told apart by two 64-bit
+        hashes (of address and depth) and their length, and any collision falls back to one stack per sample."""
+        n = len(cnt)
+        offs = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(cnt, out=offs[1:])
+        depth = (np.arange(len(flat), dtype=np.int64) - np.repeat(offs[:-1], cnt)).astype(np.uint64)
+        rowpid = np.asarray(pid).astype(np.int64).astype(np.uint64)
+        hashes = []
+        with np.errstate(over="ignore"):
+            for seed in (_MIX1, _MIX2):
+                v = _mix(flat ^ (depth * seed))
+                cs = np.zeros(len(flat) + 1, dtype=np.uint64)
+                np.cumsum(v, out=cs[1:])
+                hashes.append((cs[offs[1:]] - cs[offs[:-1]]) ^ _mix(rowpid * seed + cnt.astype(np.uint64)))
+        _, first, inv = np.unique(hashes[0], return_index=True, return_inverse=True)
+        same = ((hashes[1][first][inv] == hashes[1]).all() and (cnt[first][inv] == cnt).all()
+                and (rowpid[first][inv] == rowpid).all())
+        if not same:  # a collision: no sharing
+            first, inv = np.arange(n), np.arange(n)
+        ucnt = cnt[first]
+        uoffs = np.zeros(len(first) + 1, dtype=np.int64)
+        np.cumsum(ucnt, out=uoffs[1:])
+        take = np.repeat(offs[:-1][first] - uoffs[:-1], ucnt) + np.arange(int(uoffs[-1]), dtype=np.int64)
+        uflat, uoffs, uctx = strip_context(flat[take], uoffs)  # PERF_CONTEXT_* out, as perf script prints
+        ucnt = np.diff(uoffs)
+        upid = np.repeat(np.asarray(pid)[first], ucnt)
+        ukern = (uctx == CTX_KERNEL) | ((uctx == 0) & (uflat >= KERNEL_START))
+        usym, _ = self.resolve(upid, uflat, ukern)
+        urow = np.repeat(np.arange(len(first), dtype=np.int64), ucnt)
+        lists = (pl.DataFrame({"row": urow, "callchain": usym, "callchain_ip": pl.Series(uflat, dtype=pl.UInt64)})
+                 .group_by("row", maintain_order=True).agg("callchain", "callchain_ip"))
+        full = pl.DataFrame({"row": np.arange(len(first), dtype=np.int64)}).join(lists, on="row", how="left",
+                                                                                maintain_order="left")
+        idx = pl.Series(inv.astype(np.int64)[order])
+        return (full["callchain"].fill_null([]).gather(idx).alias("callchain"),
+                full["callchain_ip"].fill_null([]).gather(idx).alias("callchain_ip"))
 
     def _comm(self, df: pl.DataFrame) -> pl.DataFrame:
         if "tid" not in df.columns:
@@ -260,9 +338,11 @@ class Symbolizer:
         has_ts = "ts" in c.columns and "ts" in df.columns
         cc = c.select(pl.col("tid").cast(pl.Int32), (pl.col("ts") if has_ts else pl.lit(0)).cast(pl.Int64).alias(
             "_cts"), pl.col("comm")).sort("_cts", maintain_order=True)
-        left = df.with_columns((pl.col("ts") if "ts" in df.columns else pl.lit(0)).cast(pl.Int64).alias("_cts"),
-                               pl.int_range(pl.len()).alias("_row")).sort("_cts", maintain_order=True)
-        j = left.join_asof(cc, on="_cts", by="tid", strategy="backward")
+        left = df.select("tid", "pid", (pl.col("ts") if "ts" in df.columns else pl.lit(0)).cast(pl.Int64)
+                         .alias("_cts"), pl.int_range(pl.len()).alias("_row"))  # rows come in time order
+        if "ts" not in df.columns:
+            left = left.sort("_cts", maintain_order=True)
+        j = left.join_asof(cc, on="_cts", by="tid", strategy="backward", check_sortedness=False)
         # a thread with no COMM yet carries the comm its parent had when it forked (up the fork chain)
         if self.fork is not None and self.fork.height and j["comm"].null_count():
             fk = (self.fork.select(pl.col("tid").cast(pl.Int32), pl.col("ptid").cast(pl.Int32),
@@ -274,7 +354,7 @@ class Symbolizer:
                 if not anc.height:
                     break
                 look = anc.select("_row", pl.col("ptid").alias("tid"), pl.col("_ftime").alias("_cts")).sort("_cts")
-                got = look.join_asof(cc, on="_cts", by="tid", strategy="backward")
+                got = look.join_asof(cc, on="_cts", by="tid", strategy="backward", check_sortedness=False)
                 found.append(got.filter(pl.col("comm").is_not_null()).select("_row", pl.col("comm").alias("_pc")))
                 anc = got.filter(pl.col("comm").is_null()).select("_row", pl.col("tid").alias("_anc"))
             if found:
@@ -283,4 +363,4 @@ class Symbolizer:
         j = j.with_columns(pl.when(pl.col("comm").is_null() & (pl.col("pid") == 0)).then(pl.lit("swapper"))
                            .when(pl.col("comm").is_null()).then(pl.format(":{}", pl.col("tid")))
                            .otherwise(pl.col("comm")).alias("comm"))
-        return j.sort("_row").drop("_row", "_cts")
+        return df.with_columns(j.sort("_row")["comm"])
