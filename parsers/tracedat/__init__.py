@@ -164,7 +164,8 @@ class _State:
 
 def _frame(st: _State, fmt: EventFormat, data: np.ndarray, length: np.ndarray, ts: np.ndarray, cpu: np.ndarray,
            group: np.ndarray) -> pl.DataFrame:
-    p = Payloads(st.buf, data, length, st.big, st.long_size)
+    width = max([f.offset + f.size for f in fmt.fields] + [int(length.max()) if len(length) else 0])
+    p = Payloads(st.buf, data, length, st.big, st.long_size, width)
     cols = event_columns(fmt, p)
     out: dict[str, pl.Series] = {"ts": pl.Series("ts", ts, dtype=pl.Int64), "cpu": pl.Series("cpu", cpu, dtype=pl.Int32)}
     if len(st.buffer_names) > 1:
@@ -199,9 +200,9 @@ def _frame(st: _State, fmt: EventFormat, data: np.ndarray, length: np.ndarray, t
 def _callers(st: _State, caller: pl.Series) -> pl.Series:
     """``callers``: the symbol name of every caller address, as trace-cmd's stack plugin shows them."""
     flat = caller.explode().drop_nulls().unique().sort()
-    if st.kallsyms is None or flat.is_empty():
+    if st.kallsyms is None or flat.is_empty() or not len(st.kallsyms):
         return caller.list.eval(pl.lit(None, dtype=pl.String)).rename("callers")
-    names = st.kallsyms.names_of(flat.to_numpy())
+    names = pl.Series(st.kallsyms.resolve(flat.to_numpy())[0].tolist(), dtype=pl.String)
     return caller.list.eval(pl.element().replace_strict(flat, names, default=None, return_dtype=pl.String)) \
         .rename("callers")
 
@@ -246,12 +247,7 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
     long_size = hp["commit"].size if "commit" in hp and hp["commit"].size in (4, 8) else info.long_size
     md["kernel_long_size"] = long_size
     index = _FormatIndex(path, [("ftrace", t) for t in info.ftrace_formats] + info.event_formats)
-    kallsyms = None
-    if info.kallsyms.strip():
-        try:
-            kallsyms = Kallsyms.parse(info.kallsyms, path)
-        except ParseError as exc:
-            damage.append(exc)
+    kallsyms = _LazyKallsyms(info.kallsyms, path) if info.kallsyms.strip() else None
     printk = {int(a, 16): f for a, f in _PRINTK.findall(info.printk)}
     md["printk_formats"] = printk
     pids, comms = _cmdlines(info.cmdlines)
@@ -337,13 +333,43 @@ def _builder(st: _State, fmt: EventFormat, *arrays):
 
     def build() -> pl.DataFrame:
         if "df" not in box:
-            box["df"] = _frame(st, fmt, *box.pop("arrays"))
+            if "arrays" not in box:
+                raise box["error"]
+            try:
+                box["df"] = _frame(st, fmt, *box.pop("arrays"))
+            except TracekitError as exc:
+                box["error"] = exc
+                raise
+            except (ValueError, IndexError, OverflowError, MemoryError, UnicodeError, pl.exceptions.PolarsError) \
+                    as exc:
+                box["error"] = ParseError(st.path, None, f"decodable {fmt.full_name} records",
+                                          f"{type(exc).__name__}: {exc}")
+                raise box["error"] from exc
             st.pending -= 1
             if st.pending <= 0:
                 st.buf = np.zeros(16, np.uint8)
         return box["df"]
 
     return build
+
+
+class _LazyKallsyms(Kallsyms):
+    """The file's kallsyms, parsed on first use (5 MB of text on a typical host; most readers never need it)."""
+
+    def __init__(self, text: str, path: str):  # noqa: D107 - Kallsyms.__init__ runs on first use
+        self._text = text
+        self._path = path
+        self._by_name = None
+
+    def __getattr__(self, name: str):
+        if name in ("addrs", "names", "types", "modules"):
+            try:
+                full = Kallsyms.parse(self._text, self._path)
+            except ParseError:
+                full = Kallsyms(np.zeros(0, np.uint64), np.zeros(0, object))
+            self.addrs, self.names, self.types, self.modules = full.addrs, full.names, full.types, full.modules
+            return getattr(self, name)
+        raise AttributeError(name)
 
 
 _NAME = re.compile(r"^name:\s*(\S+)", re.M)
