@@ -271,18 +271,18 @@ def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int]
     data, compression = read_bytes(p, max_bytes)
     check_text(data, p)
     step(1)
-    lines = _lines.strip_quotes(lines_frame(data))
+    lines = _lines.strip_quotes(lines_frame(data), data)
     del data
     ev, stack_lines, others = _lines.classify(lines)
     md = _lines.metadata(others)
     step(2)
     if ev.height == 0 and not (others["kind"] == "ignored").any():
         first = pl.concat([others.select("line_no", "line"),
-                           stack_lines.select("line_no", pl.col("frame").alias("line"))]).sort("line_no").head(1)
+                           stack_lines.select("line_no", "line")]).sort("line_no").head(1)
         found = repr(first["line"][0][:60]) if first.height else "nothing"
         raise ParseError(p, 0, "tracefs or trace-cmd report text (lines like 'comm-pid [cpu] ts: event: info')",
                          found)
-    stacks, orphans = _lines.attach_stacks(ev, stack_lines, lines, STACK_EVENTS)
+    stacks, orphans = _lines.attach_stacks(ev, stack_lines, STACK_EVENTS)
     step(3)
     with_flags = ev["flags"].is_not_null().any()
     frames: dict[str, pl.DataFrame] = {}

@@ -3,6 +3,7 @@ headers, lost-event marks, and lines that match nothing."""
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 #: mail / bug-tracker quoting: ``> ``, ``>> ``, ``> > `` before the trace text
@@ -26,8 +27,12 @@ _META = {
 }
 
 
-def strip_quotes(lines: pl.DataFrame) -> pl.DataFrame:
-    """Remove mail quote prefixes (only when some line carries one, to keep the common case cheap)."""
+def strip_quotes(lines: pl.DataFrame, data: bytes | None = None) -> pl.DataFrame:
+    """Remove mail quote prefixes (only when some line carries one; ``data``, the raw text, makes that check a byte
+    search)."""
+    if data is not None and not (data[:1] == b">" or data[:2] == b" >" or b"\n>" in data or b"\n >" in data
+                                 or b"\n\t>" in data):
+        return lines
     if lines.height and lines["line"].str.strip_chars_start(" \t").str.starts_with(">").any():
         return lines.with_columns(pl.col("line").str.replace(QUOTE, ""))
     return lines
@@ -66,11 +71,11 @@ def classify(lines: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFr
         stacks: ``line_no, frame`` of `` => …`` lines,
         others: ``line_no, line, kind`` (``lost``, ``ignored``, ``unparsed``).
     """
-    stripped = pl.col("line").str.strip_chars_start(" \t")
-    df = lines.with_columns(stripped.str.starts_with("=>").alias("_stack"),
-                            (stripped.str.starts_with("#") | (stripped == "")).alias("_hash"))
-    stacks = df.filter(pl.col("_stack")).select(
-        "line_no", pl.col("line").str.strip_chars_start(" \t").str.slice(2).str.strip_chars().alias("frame"))
+    line = pl.col("line")
+    # trace-cmd prints "=> sym (addr)", tracefs " => sym"; other indentations are caught among the leftovers below
+    df = lines.with_columns((line.str.starts_with("=>") | line.str.starts_with(" =>")).alias("_stack"),
+                            (line.str.starts_with("#") | (line == "")).alias("_hash"))
+    stacks = df.filter(pl.col("_stack")).select("line_no", "line")
     cand = df.filter(~pl.col("_stack") & ~pl.col("_hash")).drop("_stack", "_hash")
     parts = cand.with_columns(pl.col("line").str.splitn(": ", 3).alias("_p")).unnest("_p")
     head = pl.col("field_0").str.extract_groups(HEAD)
@@ -91,6 +96,10 @@ def classify(lines: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFr
         "line_no", "line", "comm", "pid", "tgid", "cpu", "flags", "ts", event.alias("event"), info.alias("info"))
     rest = pl.concat([parts.filter(~pl.col("_ok")).select("line_no", "line"),
                       df.filter(pl.col("_hash")).select("line_no", "line")]).sort("line_no")
+    odd_stack = rest["line"].str.contains(r"^\s*=>")
+    if odd_stack.any():
+        stacks = pl.concat([stacks, rest.filter(odd_stack)]).sort("line_no")
+        rest = rest.filter(~odd_stack)
     kind = (pl.when(pl.col("line").str.contains(LOST)).then(pl.lit("lost"))
             .when(pl.col("line").str.contains(IGNORED)).then(pl.lit("ignored"))
             .otherwise(pl.lit("unparsed")))
@@ -108,37 +117,45 @@ def lost_events(others: pl.DataFrame) -> pl.DataFrame:
             .sort("cpu"))
 
 
-def attach_stacks(events: pl.DataFrame, stacks: pl.DataFrame, lines: pl.DataFrame,
-                  stack_events: tuple[str, ...]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Give each stack frame line to the event line above it.
+def attach_stacks(events: pl.DataFrame, stacks: pl.DataFrame, stack_events: tuple[str, ...]
+                  ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Give each stack frame line (``line_no``, ``line``) to the event line above it.
 
     Returns:
         (frames per owning event line: ``owner`` line_no, ``callers`` List[String], ``caller`` List[UInt64]),
         and the frame lines whose owner is not a stack event (they go to ``unparsed_lines``).
     """
-    owners = events.select(pl.col("line_no").alias("owner"), pl.col("event").alias("owner_event"))
-    st = stacks.join_asof(owners, left_on="line_no", right_on="owner", strategy="backward",
-                          check_sortedness=False)
-    ok = pl.col("owner_event").is_in(list(stack_events)).fill_null(False)
-    orphans = st.filter(~ok).select("line_no").join(lines, on="line_no", how="left")
-    st = st.filter(ok)
-    # trace-cmd: "sym (addr)"; tracefs: "sym"; tracefs with options/sym-addr: "sym <addr>"
-    frame = pl.col("frame")
-    if st.height and st["frame"].str.ends_with(">").any():
-        angle = frame.str.ends_with(">")
+    ev_no = events["line_no"].to_numpy()
+    st_no = stacks["line_no"].to_numpy()
+    at = np.searchsorted(ev_no, st_no) - 1
+    has_owner = at >= 0
+    safe = np.where(has_owner, at, 0)
+    owner_event = events["event"].gather(pl.Series(safe, dtype=pl.UInt32)) if len(ev_no) else \
+        pl.Series([None] * len(st_no), dtype=pl.String)
+    st = stacks.with_columns(pl.Series("owner", np.where(has_owner, ev_no[safe] if len(ev_no) else 0, 0),
+                                       dtype=pl.UInt32),
+                             (owner_event.is_in(list(stack_events)) & pl.Series(has_owner)).alias("_ok"))
+    orphans = st.filter(~pl.col("_ok")).select("line_no", "line")
+    st = st.filter(pl.col("_ok")).select("owner", "line")
+    line = pl.col("line")
+    if st.height and st["line"].str.ends_with(">").any():
+        # tracefs with options/sym-addr: "sym <addr>" → the trace-cmd form
+        angle = line.str.ends_with(">")
         st = st.with_columns(
-            pl.when(angle).then(frame.str.replace(_FRAME_ADDR, "").str.strip_chars() + " ("
-                                + frame.str.extract(_FRAME_ADDR, 1) + ")").otherwise(frame).alias("frame"))
-    has_addr = frame.str.ends_with(")")
-    split = frame.str.slice(0, frame.str.len_chars() - 1).str.split_exact(" (", 1)
-    st = st.with_columns(pl.when(has_addr).then(split).alias("_s"))
-    addr = pl.col("_s").struct.field("field_1")
-    sym = pl.when(addr.is_not_null()).then(pl.col("_s").struct.field("field_0")).otherwise(frame)
+            pl.when(angle).then(line.str.replace(_FRAME_ADDR, "").str.strip_chars_end() + " ("
+                                + line.str.extract(_FRAME_ADDR, 1) + ")").otherwise(line).alias("line"))
+    start = line.str.find("=>", literal=True) + 2
+    paren = pl.when(line.str.ends_with(")")).then(line.str.find(" (", literal=True))
+    sym = line.str.slice(start, paren.fill_null(line.str.len_chars()) - start).str.strip_chars()
+    addr = line.str.slice(paren + 2).str.strip_suffix(")")
+    st = st.with_columns(sym.alias("_sym"), addr.alias("_addr"))
     st = st.with_columns(
-        pl.when(sym.str.starts_with("0x") | (sym == "")).then(None).otherwise(sym).alias("callers"),
-        addr.str.to_integer(base=16, dtype=pl.UInt64, strict=False).alias("caller"),
-        addr.is_not_null().alias("_has_addr"))
-    frames = st.group_by("owner", maintain_order=True).agg(
-        pl.col("callers"), pl.col("caller"), pl.col("_has_addr").all().alias("_has_addr"))
-    frames = frames.with_columns(pl.when(pl.col("_has_addr")).then(pl.col("caller")).alias("caller")).drop("_has_addr")
+        pl.when(pl.col("_sym").str.starts_with("0x") | (pl.col("_sym") == "")).then(None)
+        .otherwise(pl.col("_sym")).alias("callers"),
+        pl.col("_addr").str.to_integer(base=16, dtype=pl.UInt64, strict=False).alias("caller"),
+        pl.col("owner").rle_id().alias("_g"))
+    frames = st.group_by("_g").agg(pl.col("owner").first(), pl.col("callers"), pl.col("caller"),
+                                   pl.col("caller").is_not_null().all().alias("_has_addr"))
+    frames = (frames.with_columns(pl.when(pl.col("_has_addr")).then(pl.col("caller")).alias("caller"))
+              .select("owner", "callers", "caller"))
     return frames, orphans
