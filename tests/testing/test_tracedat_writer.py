@@ -153,6 +153,18 @@ def test_one_million_events_in_seconds(tmp_path):
     assert took < 10, f"1M events took {took:.1f} s"
 
 
+@pytest.mark.parametrize("version", [6, 7])
+def test_cpus_without_events(tmp_path, version):
+    """CPUs 0 and 3 of 4 hold no event: v6 lists them with size 0, v7 leaves them out of the BUFFER option."""
+    df = pl.DataFrame({"ts": [10, 20, 30], "cpu": [1, 2, 1], "common_pid": [7, 8, 7], "vcpu_id": [0, 1, 0]})
+    path = tmp_path / "sparse.dat"
+    write_tracedat(path, {"kvm:kvm_entry": df}, FORMATS, version=version, cpus=4)
+    raw = report(path, "-R", "-t", "-N")
+    assert raw.returncode == 0 and raw.stderr.strip() in ("", "cpus=4"), raw.stderr
+    got, _ = parse(raw.stdout, FORMATS, SYMBOLS)
+    assert [(e[0], e[1], e[2]) for e in got] == [(10, 1, 7), (20, 2, 8), (30, 1, 7)]
+
+
 @pytest.mark.parametrize("kwargs", [{"version": 5}, {"version": 6, "compression": "zstd"}, {"compression": "zlib"},
                                     {"endian": "big"}, {"cpus": 1}])
 def test_bad_arguments_raise_config_error(tmp_path, kwargs):
