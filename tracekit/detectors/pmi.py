@@ -349,7 +349,8 @@ def lost_marks(trace: Trace, presence: pl.DataFrame) -> pl.DataFrame:
 
 
 def _inconclusive(windows: pl.DataFrame, presence: pl.DataFrame, marks: pl.DataFrame) -> pl.Series:
-    """Per window: True when a lost-event mark overlaps it on a CPU its thread ran on during it (or any CPU)."""
+    """Per window: True when a lost-event mark overlaps the time its thread spent on that CPU during the window
+    (from its first to its last sighting there), or, for a mark without a CPU, the window itself."""
     n = windows.height
     if marks.is_empty() or n == 0:
         return pl.Series("inconclusive", np.zeros(n, dtype=bool))
@@ -369,12 +370,19 @@ def _inconclusive(windows: pl.DataFrame, presence: pl.DataFrame, marks: pl.DataF
     percpu = marks.filter(pl.col("cpu").is_not_null()).with_columns(
         pl.col("lo").fill_null(-big), pl.col("hi").fill_null(big)).sort("hi")
     if not percpu.is_empty():
-        pairs = (presence.filter(pl.col("window").is_not_null()).select("window", "cpu").unique()
-                 .join(w, on="window").sort("exit_ts"))
-        # the first mark on that CPU ending at or after the window's start is the only one that can overlap it
-        # without an earlier one overlapping too (marks of one CPU are disjoint and sorted)
-        j = pairs.join_asof(percpu, left_on="exit_ts", right_on="hi", by="cpu", strategy="forward", check_sortedness=False)
-        hit = pl.concat([hit, j.filter(pl.col("lo").is_not_null() & (pl.col("lo") <= pl.col("end")))["window"]
+        # where the thread was during the window: per CPU, from its first to its last sighting there (to the end of
+        # the trace on the CPU where an open window's thread was last seen)
+        pairs = (presence.filter(pl.col("window").is_not_null())
+                 .group_by("window", "cpu").agg(pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last"))
+                 .join(w.select("window", "end"), on="window")
+                 .with_columns(pl.when((pl.col("end") == big) & (pl.col("last") == pl.col("last").max().over("window")))
+                               .then(big).otherwise(pl.col("last")).alias("last"))
+                 .sort("first"))
+        # the first mark on that CPU ending at or after the stay began is the only one that can overlap it without
+        # an earlier one overlapping too (marks of one CPU are disjoint and sorted)
+        j = pairs.join_asof(percpu, left_on="first", right_on="hi", by="cpu", strategy="forward",
+                            check_sortedness=False)
+        hit = pl.concat([hit, j.filter(pl.col("lo").is_not_null() & (pl.col("lo") <= pl.col("last")))["window"]
                          .cast(pl.UInt32)])
     flag = np.zeros(n, dtype=bool)
     flag[hit.unique().to_numpy().astype(np.int64)] = True
