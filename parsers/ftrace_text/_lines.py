@@ -30,8 +30,8 @@ _META = {
 def strip_quotes(lines: pl.DataFrame, data: bytes | None = None) -> pl.DataFrame:
     """Remove mail quote prefixes (only when some line carries one; ``data``, the raw text, makes that check a byte
     search)."""
-    if data is not None and not (data[:1] == b">" or data[:2] == b" >" or b"\n>" in data or b"\n >" in data
-                                 or b"\n\t>" in data):
+    line = pl.col("line")
+    if not lines.select((line.str.starts_with(">") | line.str.starts_with(" >")).any()).item():
         return lines
     if lines.height and lines["line"].str.strip_chars_start(" \t").str.starts_with(">").any():
         return lines.with_columns(pl.col("line").str.replace(QUOTE, ""))
@@ -144,10 +144,14 @@ def attach_stacks(events: pl.DataFrame, stacks: pl.DataFrame, stack_events: tupl
         st = st.with_columns(
             pl.when(angle).then(line.str.replace(_FRAME_ADDR, "").str.strip_chars_end() + " ("
                                 + line.str.extract(_FRAME_ADDR, 1) + ")").otherwise(line).alias("line"))
-    start = line.str.find("=>", literal=True) + 2
+    n = line.str.len_bytes()
+    if st.height and st.select(line.str.starts_with("=> ").all()).item():
+        start: pl.Expr | int = 3                    # trace-cmd: every frame line starts "=> "
+    else:
+        start = line.str.find("=>", literal=True) + 3
     paren = pl.when(line.str.ends_with(")")).then(line.str.find(" (", literal=True))
-    sym = line.str.slice(start, paren.fill_null(line.str.len_chars()) - start).str.strip_chars()
-    addr = line.str.slice(paren + 2).str.strip_suffix(")")
+    sym = line.str.slice(start, paren.fill_null(n) - start)
+    addr = line.str.slice(paren + 2, n - paren - 3)
     st = st.with_columns(sym.alias("_sym"), addr.alias("_addr"))
     st = st.with_columns(
         pl.when(pl.col("_sym").str.starts_with("0x") | (pl.col("_sym") == "")).then(None)
