@@ -289,3 +289,24 @@ def test_periodicity_bridges_single_dips_and_rejects_noise():
     assert find_bursts(x, 0.01, 0.2, bridge=0).height == 3
     per = estimate_period(x, 0.01, find_bursts(x, 0.01, 0.2, bridge=0))
     assert per.period_s is None and per.method == "none"  # gaps 0.5 s / 1.3 s, bursts 0.5-1.3 s: no period
+
+
+def test_function_tracer_calls_are_counted_per_parent():
+    ks = Kallsyms(np.array([0xFFFFFFFF81000000, 0xFFFFFFFF81000100, 0xFFFFFFFF81000200], dtype=np.uint64),
+                  np.array(["perf_ioctl", "perf_event_ctx_lock_nested.isra.0", "perf_read"], dtype=object))
+    fn = pl.DataFrame({"ts": [10, 20, 30, 40, 50], "cpu": [0] * 5, "common_pid": [7, 7, 8, 7, 8],
+                       "common_comm": ["a", "a", "b", "a", "b"],
+                       "ip": [0xFFFFFFFF81000100, 0xFFFFFFFF81000100, 0xFFFFFFFF81000100, 0xFFFFFFFF81000000,
+                              0xFFFFFFFF81000100],
+                       "parent_ip": [0xFFFFFFFF81000010, 0xFFFFFFFF81000010, 0xFFFFFFFF81000230, 0x1, 0]},
+                      schema_overrides={"ip": pl.UInt64, "parent_ip": pl.UInt64})
+    tr = Trace(source="f.txt", format="ftrace-text", frames={"ftrace:function": fn}, kallsyms=ks)
+    res = run(tr)
+    assert res.ran
+    calls = {(r["pid"], r["path"]): r["calls"] for r in res.frames["function_calls"].iter_rows(named=True)}
+    assert calls == {(7, "perf_ioctl → perf_event_ctx_lock_nested.isra.0"): 2,
+                     (8, "perf_read → perf_event_ctx_lock_nested.isra.0"): 1,
+                     (8, "? → perf_event_ctx_lock_nested.isra.0"): 1}
+    row = res.frames["hotspots"].row(0, named=True)
+    assert row["share"] is None and row["samples"] == 4 and row["top_paths"][0]["samples"] == 2
+    assert res.findings == []

@@ -1,6 +1,7 @@
 """Where the ``mutex-hotspots`` rule reads time in a lock from: symbol-set matching and call paths over frame lists
 (perf callchains, kernel stacks), ``lock:contention_begin``/``contention_end`` pairing with the ``ftrace:kernel_stack``
-after each begin, and ``ftrace:funcgraph_exit`` intervals of the set's functions (function_graph tracer).
+after each begin, ``ftrace:funcgraph_exit`` intervals of the set's functions (function_graph tracer), and call
+counts of the set's functions from the function tracer (``ftrace:function``).
 
 Every function works on whole columns (Polars list and join operations); distinct stacks are resolved once.
 """
@@ -15,7 +16,7 @@ import polars as pl
 from ..model import Trace
 
 __all__ = ["SUFFIX", "WAITS_SCHEMA", "symbol_pattern", "lock_kind", "with_paths", "wait_stats", "contention_waits",
-           "funcgraph_intervals", "union_intervals", "split_buckets", "symbol_names", "ARROW"]
+           "funcgraph_intervals", "function_calls", "union_intervals", "split_buckets", "symbol_names", "ARROW"]
 
 SUFFIX = r"(?:\.(?:isra|constprop|part|cold|lto_priv|llvm)(?:\.\d+)?)*"
 """Compiler suffixes a symbol may carry (``.isra.0``, ``.constprop.0``, ``.part.0``, ``.cold`` …)."""
@@ -228,3 +229,34 @@ def funcgraph_intervals(trace: Trace, set_re: str) -> pl.DataFrame:
                    pl.col("calltime").cast(pl.Int64).alias("ts"), pl.col("rettime").cast(pl.Int64).alias("end_ts"),
                    "path"))
     return out.with_columns(wait_ns=pl.col("end_ts") - pl.col("ts")).filter(pl.col("wait_ns") >= 0).sort("ts")
+
+
+def function_calls(trace: Trace, set_re: str) -> pl.DataFrame:
+    """Calls of the symbol set seen by the function tracer (``ftrace:function``: ``ip`` and ``parent_ip``, named
+    through their ``*_sym`` columns or the trace's kallsyms). The tracer gives no durations: calls only.
+
+    Returns:
+        per ``pid``, ``comm`` and ``path`` (``parent → function``): ``calls``, ``first_ts``, ``last_ts``; most calls
+        first.
+    """
+    fn = trace.events("function")
+
+    def named(field: str) -> pl.Series:
+        if f"{field}_sym" in fn.columns:
+            by_text = fn[f"{field}_sym"].cast(pl.String)
+            if by_text.null_count() < fn.height or field not in fn.columns or trace.kallsyms is None:
+                return by_text
+        if field in fn.columns and trace.kallsyms is not None:
+            return symbol_names(trace.kallsyms, fn[field])
+        return pl.Series([None] * fn.height, dtype=pl.String)
+
+    comm = pl.col("common_comm") if "common_comm" in fn.columns else pl.lit(None, pl.String)
+    return (fn.select(pl.col("ts").cast(pl.Int64), pl.col("common_pid").cast(pl.Int32).alias("pid"),
+                      comm.cast(pl.String).alias("comm"))
+            .with_columns(named("ip").alias("_f"), named("parent_ip").fill_null("?").alias("_p"))
+            .filter(pl.col("_f").str.contains(set_re).fill_null(False))
+            .with_columns(path=pl.concat_str(pl.col("_p"), pl.lit(ARROW), pl.col("_f")))
+            .group_by("pid", "path")
+            .agg(pl.col("comm").drop_nulls().last(), calls=pl.len().cast(pl.Int64), first_ts=pl.col("ts").min(),
+                 last_ts=pl.col("ts").max())
+            .sort(["calls", "pid", "path"], descending=[True, False, False]))

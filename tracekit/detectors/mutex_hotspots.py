@@ -58,6 +58,9 @@ Frames of the :class:`~tracekit.detectors.RuleResult` (the report helper reads t
 ``waits_by_lock`` / ``waits_by_path``
     Per ``lock_addr`` (with ``kind``) / per ``path``: ``count``, ``total_ns``, ``max_ns``, ``p50_ns``, ``p99_ns``,
     ``spin``, ``sleep`` (counts), ``spin_ns``, ``sleep_ns``; most total wait first.
+``function_calls``
+    Function tracer only (``ftrace:function``, no durations): ``pid``, ``comm``, ``path`` (``parent → function``),
+    ``calls``, ``first_ts``, ``last_ts``.
 ``bursts``
     ``source`` + :data:`~tracekit.detectors.periodicity.BURSTS_SCHEMA`.
 ``periodicity``
@@ -85,6 +88,7 @@ from .lock_sources import (
     WAITS_SCHEMA,
     contention_waits,
     funcgraph_intervals,
+    function_calls,
     lock_kind,
     split_buckets,
     symbol_names,
@@ -201,7 +205,8 @@ class MutexHotspots:
         dat = [t for t in both if t.events("contention_begin").height and t.events("contention_end").height]
         ksyms = next((t.kallsyms for t in inputs.host if t.kallsyms is not None and len(t.kallsyms)), None)
         perf = _perf_samples(inputs, ksyms)
-        if perf is None and not dat and not graphs:
+        fn_only = any(t.has("ftrace:function") for t in inputs.host)
+        if perf is None and not dat and not graphs and not fn_only:
             res.missing = ["perf samples with callchains (perf record -g) | lock:contention_begin+contention_end | "
                            "ftrace:funcgraph_exit"]
             if both:
@@ -213,6 +218,12 @@ class MutexHotspots:
             self._perf(perf, cfg, set_re, int_re, bucket_ns, parts, res)
         if graphs and not self._funcgraph(graphs[0], cfg, set_re, bucket_ns, parts, res):
             res.notes.append(f"funcgraph: no call of {cfg['label']} in {graphs[0].source}")
+        calls = [t for t in inputs.host if t.has("ftrace:function") and t.events("ftrace:function").height]
+        if calls:
+            fc = function_calls(calls[0], set_re)
+            parts.setdefault("function_calls", []).append(fc)
+            res.notes.append(f"function: {int(fc['calls'].sum()) if fc.height else 0} calls of {cfg['label']} "
+                             f"in {calls[0].source} (counts only: the function tracer has no durations)")
         if dat:
             self._contention(dat[0], cfg, set_re, int_re, bucket_ns, parts, res)
             if len(dat) > 1:
@@ -384,6 +395,14 @@ class MutexHotspots:
     def _hotspots(frames: dict[str, pl.DataFrame], cfg) -> pl.DataFrame:
         order = ("perf", "funcgraph", "contention")
         totals = {src: frames.pop(f"_{src}_totals") for src in order if f"_{src}_totals" in frames}
+        if not totals:  # function tracer only: calls without time
+            fc = frames.get("function_calls", pl.DataFrame(schema={"path": pl.String, "calls": pl.Int64}))
+            paths = (fc.group_by("path").agg(samples=pl.col("calls").sum()).sort("samples", descending=True)
+                     .with_columns(share=pl.lit(None, pl.Float64)).head(int(cfg["top_paths"])))
+            n = int(fc["calls"].sum()) if fc.height else 0
+            return pl.DataFrame([{"symbol": cfg["label"], "share": None, "samples": n, "total_samples": n,
+                                  "by_thread": [], "top_paths": paths.select("path", "share", "samples").to_dicts(),
+                                  "bursts": [], "period_s": None}], schema=HOTSPOTS_SCHEMA)
         # samples first, then function_graph, then contention: the first whose rows reach the set
         source = next((s for s in order if s in totals and totals[s]["samples"][0]), next(iter(totals)))
         tot = totals[source]
@@ -407,6 +426,8 @@ class MutexHotspots:
     @staticmethod
     def _findings(frames: dict[str, pl.DataFrame], cfg) -> list[Finding]:
         thr = float(cfg["thread_threshold"])
+        if "bucket_share" not in frames:
+            return []
         enough = pl.col("bucket_samples").is_null() | (pl.col("bucket_samples") >= int(cfg["min_bucket_samples"]))
         over = (frames["bucket_share"].filter((pl.col("share") > thr) & enough).sort(["source", "tid", "bucket"])
                 .with_columns(run=(pl.col("bucket").diff().over(["source", "tid"]) != 1).fill_null(True).cum_sum()))
