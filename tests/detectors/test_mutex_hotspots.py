@@ -310,3 +310,12 @@ def test_function_tracer_calls_are_counted_per_parent():
     row = res.frames["hotspots"].row(0, named=True)
     assert row["share"] is None and row["samples"] == 4 and row["top_paths"][0]["samples"] == 2
     assert res.findings == []
+
+
+def test_stack_addresses_resolved_through_the_trace_kallsyms():
+    from tracekit.detectors.lock_sources import _stack_names
+
+    ks = Kallsyms(np.array([0x1000, 0x2000], dtype=np.uint64), np.array(["a", "b"], dtype=object))
+    st = pl.DataFrame({"caller": [[0x1001, 0x2001], [], [0x2002, 0x10]]}, schema={"caller": pl.List(pl.UInt64)})
+    tr = Trace(source="x", format="trace.dat", frames={}, kallsyms=ks)
+    assert _stack_names(tr, st).to_list() == [["a", "b"], [], ["b"]]

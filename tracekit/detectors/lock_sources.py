@@ -66,8 +66,21 @@ def _paths(chain: pl.Expr, set_re: str, internal_re: str, callers: int) -> tuple
 
 def with_paths(df: pl.DataFrame, col: str, set_re: str, internal_re: str, callers: int,
                 strip_tracing: bool = False) -> pl.DataFrame:
-    """``df`` plus ``_hit``, ``_path``, ``_where`` for the frame lists in ``col``, each distinct list computed once
-    (stacks and callchains repeat: a few hundred distinct ones among millions of rows)."""
+    """``df`` plus the set membership and call path of the frame lists in ``col``, each distinct list computed once
+    (stacks and callchains repeat: a few hundred distinct ones among millions of rows).
+
+    Args:
+        df: rows holding ``col``, a List[String] of frames, leaf first.
+        col: the column.
+        set_re, internal_re: regexes of the symbol set and of the mutex internals (:func:`symbol_pattern`).
+        callers: frames above the outermost set frame kept in a path.
+        strip_tracing: drop tracing frames (``trace_event_raw_event_*`` …) first, as kernel stacks of events hold.
+
+    Returns:
+        ``df`` with ``_hit`` (a frame is in the set), ``_set_path`` (the call path into the set, null when not in
+        it), ``_path`` (that, or the three innermost frames root to leaf) and ``_where`` (the innermost set or
+        internal frame).
+    """
     key = pl.col(col).list.join("\x1f").fill_null("")
     keyed = df.with_columns(key.alias("_key"))
     uniq = keyed.select("_key", col).unique("_key")
@@ -83,6 +96,8 @@ def with_paths(df: pl.DataFrame, col: str, set_re: str, internal_re: str, caller
 
 
 def wait_stats(df: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Per ``keys``: ``count``, ``total_ns``, ``max_ns``, ``p50_ns``, ``p99_ns`` (nearest rank), ``spin``/``sleep``
+    counts and ``spin_ns``/``sleep_ns`` of waits (:data:`WAITS_SCHEMA` rows); most total wait first."""
     w = pl.col("wait_ns")
     return (df.group_by(keys)
             .agg(count=pl.len().cast(pl.Int64), total_ns=w.sum(), max_ns=w.max(),
@@ -112,10 +127,13 @@ def _stack_names(trace: Trace, stacks: pl.DataFrame) -> pl.Series:
         return stacks["callers"]
     if "caller" not in stacks.columns or trace.kallsyms is None:
         return pl.Series("callers", [None] * stacks.height, dtype=pl.List(pl.String))
-    flat = stacks.select(pl.int_range(pl.len()).alias("_r"), pl.col("caller")).explode("caller")
-    names = symbol_names(trace.kallsyms, flat["caller"])
-    return (flat.with_columns(names.alias("_n")).group_by("_r", maintain_order=True)
-            .agg(pl.col("_n").drop_nulls())["_n"].alias("callers"))
+    rows = stacks.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_r"), pl.col("caller"))
+    flat = rows.explode("caller")
+    named = (flat.with_columns(symbol_names(trace.kallsyms, flat["caller"]).alias("_n"))
+             .group_by("_r").agg(pl.col("_n").drop_nulls()))
+    # joined back by row: an empty caller list may explode to no row at all
+    return rows.join(named, on="_r", how="left")["_n"].fill_null(pl.lit([], dtype=pl.List(pl.String))) \
+        .alias("callers")
 
 
 def contention_waits(trace: Trace, set_re: str, internal_re: str, callers: int = 1) -> tuple[pl.DataFrame, dict]:
@@ -189,7 +207,14 @@ def contention_waits(trace: Trace, set_re: str, internal_re: str, callers: int =
 
 
 def union_intervals(w: pl.DataFrame) -> pl.DataFrame:
-    """Merge overlapping waits of one pid (a spinlock wait nested in a mutex wait) into disjoint intervals."""
+    """Merge overlapping intervals of one pid (a spinlock wait nested in a mutex wait) into disjoint ones.
+
+    Args:
+        w: rows with ``pid``, ``comm``, ``ts``, ``end_ts``.
+
+    Returns:
+        ``pid``, ``grp``, ``comm``, ``ts``, ``end_ts``: one row per disjoint interval.
+    """
     s = w.select("pid", "comm", "ts", "end_ts").sort(["pid", "ts"])
     prev_end = pl.col("end_ts").cum_max().shift(1).over("pid")
     s = s.with_columns(grp=(prev_end.is_null() | (pl.col("ts") > prev_end)).cum_sum().over("pid"))
@@ -198,7 +223,16 @@ def union_intervals(w: pl.DataFrame) -> pl.DataFrame:
 
 
 def split_buckets(iv: pl.DataFrame, t0: int, bucket_ns: int) -> pl.DataFrame:
-    """Spread intervals (pid, ts, end_ts) over buckets: the ns each spends in each bucket."""
+    """Spread intervals over time buckets.
+
+    Args:
+        iv: rows with ``pid``, ``ts``, ``end_ts`` (ns).
+        t0: start of bucket 0 (ns).
+        bucket_ns: bucket length.
+
+    Returns:
+        ``iv`` exploded to one row per (interval, bucket) it touches, with ``bucket`` and ``ns`` spent in it.
+    """
     b0 = (pl.col("ts") - t0) // bucket_ns
     b1 = (pl.col("end_ts") - 1 - t0) // bucket_ns
     x = iv.with_columns(bucket=pl.int_ranges(b0, pl.max_horizontal(b0, b1) + 1)).explode("bucket")
