@@ -7,7 +7,6 @@ Resolution runs once per distinct (pid, address), so callchains that repeat cost
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -121,7 +120,8 @@ class _Elf:
         self.ok = len(self.starts) > 0
 
     def lookup(self, file_off: np.ndarray) -> np.ndarray:
-        out = np.full(len(file_off), None, dtype=object)
+        """Function names at file offsets (``[unknown]`` where none covers the address)."""
+        out = np.full(len(file_off), UNKNOWN, dtype=object)
         if not self.ok:
             return out
         vaddr = np.full(len(file_off), np.uint64(0))
@@ -149,6 +149,30 @@ class _Elf:
             name = self._strtab[a:e if e >= 0 else len(self._strtab)].decode("utf-8", "replace")
             self._names[i] = name
         return name
+
+
+_NO_ELF = _Elf("")
+_ELF_CACHE: dict[tuple, _Elf] = {}
+
+
+def _elf_cached(path: str) -> _Elf:
+    """The symbols of ``path``, parsed once per process for one (size, mtime) of the file."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _NO_ELF
+    key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
+    e = _ELF_CACHE.get(key)
+    if e is None:
+        if len(_ELF_CACHE) > 4096:
+            _ELF_CACHE.clear()
+        e = _ELF_CACHE[key] = _Elf(path)
+    return e
+
+
+def clear_caches() -> None:
+    """Forget parsed ELF symbol tables (benchmarks use it to time a cold read)."""
+    _ELF_CACHE.clear()
 
 
 class Symbolizer:
@@ -213,19 +237,23 @@ class Symbolizer:
         j = j[hit]
         dso[hit] = files[j]
         off = ips[hit] - mstart[j] + pgoff[j]
-        names = np.full(len(j), None, dtype=object)
-        fj = files[j]
-        for f in np.unique(fj).tolist():
-            sel = fj == f
-            names[sel] = self._elf_for(f).lookup(off[sel])
-        sym[np.nonzero(hit)[0]] = np.where(names == None, UNKNOWN, names)  # noqa: E711
+        ufiles, fcode = np.unique(files.astype(str), return_inverse=True)
+        code = fcode[j]
+        by_file = np.argsort(code, kind="stable")
+        bounds = np.searchsorted(code[by_file], np.arange(len(ufiles) + 1))
+        names = np.empty(len(j), dtype=object)
+        for k, f in enumerate(ufiles.tolist()):  # one vectorised lookup per mapped file
+            sel = by_file[bounds[k]:bounds[k + 1]]
+            if len(sel):
+                names[sel] = self._elf_for(f).lookup(off[sel])
+        sym[hit] = names
         return sym, dso
 
     def _elf_for(self, filename: str) -> _Elf:
         e = self._elf.get(filename)
         if e is None:
             path = os.path.join(self.symfs, filename.lstrip("/")) if self.symfs else filename
-            e = _Elf(path) if filename.startswith("/") and Path(path).is_file() else _Elf("/nonexistent")
+            e = _elf_cached(path) if filename.startswith("/") else _NO_ELF
             self._elf[filename] = e
         return e
 
