@@ -87,7 +87,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        return f"{value:,.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
     if isinstance(value, dict):
         return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
@@ -169,7 +169,10 @@ def _hotspots(analysis: Any) -> list[dict[str, Any]]:
             return _table(df, limit)
 
         share = row.get("share")
-        out.append({"symbol": row.get("symbol"), "share": "—" if share is None else f"{100 * share:.2f} %",
+        if not row.get("samples") and not share:
+            out.append({"symbol": row.get("symbol"), "empty": True})
+            continue
+        out.append({"symbol": row.get("symbol"), "empty": False, "share": "—" if share is None else f"{100 * share:.2f} %",
                     "samples": _fmt(row.get("samples")), "total": _fmt(row.get("total_samples")),
                     "period": "—" if row.get("period_s") is None else f"{row['period_s']:.2f} s",
                     "by_thread": sub("by_thread"), "top_paths": sub("top_paths", 10), "bursts": sub("bursts", 20)})
