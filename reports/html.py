@@ -117,7 +117,8 @@ def _inputs(analysis: Any) -> list[dict[str, Any]]:
                 "compression": s.get("compression"), "kernel": s.get("uname"), "clock": s.get("clock"),
                 "cpus": s.get("cpus"), "duration": None if dur is None else f"{dur:,.3f} s",
                 "events": f"{s.get('events', 0):,}", "lost": f"{s.get('lost_events', 0):,}",
-                "lost_n": s.get("lost_events", 0), "damage": s.get("damage") or [],
+                "lost_n": s.get("lost_events", 0), "damage": (s.get("damage") or [])[:5],
+                "damage_more": (s.get("damage") or [])[5:],
                 "top_events": [(e, f"{n:,}") for e, n in t.counts().head(12).iter_rows()],
             })
     return out

@@ -138,3 +138,12 @@ def test_hotspots_section_escapes_and_shows_paths(tmp_path):
     assert "47.07 % of the samples" in html and "perf_ioctl → perf_event_ctx_lock_nested.isra.0" in html
     assert "<script" not in html and "&lt;script&gt;" in html
     jsonschema.validate(json.loads((tmp_path / "findings.json").read_text()), schema())
+
+
+def test_damage_is_counted_and_folded(tmp_path):
+    tr = kvm_trace()
+    tr.damage.extend(tracekit.ParseError("x.dat", 0x1000 * i, "a valid page", f"junk {i}") for i in range(8))
+    html = tracekit.analyze(tr, rules=FAKE_RULES).save(tmp_path)["html"].read_text()
+    assert "8 place(s) could not be read and were skipped" in html
+    assert "x.dat @0x7000: expected a valid page, found junk 7" in html  # folded but present
+    assert "<summary>3 more</summary>" in html
