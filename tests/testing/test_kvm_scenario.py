@@ -70,6 +70,15 @@ def test_every_feature_is_present(busy):
     routes = set().union(*map(set, t["sources"].to_list()))
     assert routes == set(ROUTES)
     assert busy.msr_writes.filter(pl.col("pmu")).height > 0 and busy.lvtpc_writes.height > 0
+    assert set(busy.lvtpc_writes["masked"]) == {True, False}
+
+
+def test_exit_stats_add_up(busy):
+    st = busy.exit_stats
+    done = busy.truth.filter(pl.col("entry_ts").is_not_null())
+    assert st["count"].sum() == done.height
+    assert st["total_ns"].sum() == (done["entry_ts"] - done["exit_ts"]).sum()
+    assert (st["min_ns"] <= st["max_ns"]).all() and (st["min_ns"] > 0).all()
 
 
 def test_truth_counts_come_from_the_pmi_bookkeeping(busy):

@@ -81,8 +81,9 @@ def _mixed(seed: int, n: int) -> dict[str, pl.DataFrame]:
     return out
 
 
-@pytest.mark.parametrize(("version", "compression"), [(6, "none"), (7, "none"), (7, "zstd")])
-def test_tracecmd_reads_exactly_what_was_written(tmp_path, version, compression):
+@pytest.mark.parametrize(("version", "compression", "padding"),
+                         [(6, "none", False), (7, "none", True), (7, "zstd", False), (7, "zstd", True)])
+def test_tracecmd_reads_exactly_what_was_written(tmp_path, version, compression, padding):
     events = _mixed(5 + version, 6000)
     ts_all = np.sort(np.concatenate([df["ts"].to_numpy() for df in events.values()]))
     lost = [LostEvents(1, int(ts_all[2000]), 42), LostEvents(2, int(ts_all[4000]), None),
@@ -90,7 +91,7 @@ def test_tracecmd_reads_exactly_what_was_written(tmp_path, version, compression)
     path = tmp_path / f"mixed_v{version}_{compression}.dat"
     n = write_tracedat(path, events, FORMATS, version=version, compression=compression, cpus=CPUS,
                        kallsyms=SYMBOLS, cmdlines={1001: "CPU 0/KVM", 1002: "CPU 1/KVM", 77: "qemu-system-x86"},
-                       lost=lost)
+                       lost=lost, padding_events=padding)
     raw = report(path, "-R", "-t", "-N")
     assert raw.returncode == 0 and raw.stderr.strip() in ("", f"cpus={CPUS}"), raw.stderr
     got, drops = parse(raw.stdout, FORMATS, SYMBOLS)
@@ -116,7 +117,7 @@ def test_pages_use_every_record_kind(tmp_path):
     events = _mixed(3, 3000)
     only0 = {k: df.with_columns(pl.lit(0).alias("cpu")) for k, df in events.items()}
     ts0 = np.sort(np.concatenate([df["ts"].to_numpy() for df in only0.values()]))
-    img = _cpu_images(only0, FORMATS, 1, [LostEvents(0, int(ts0[1500]), 3)], 4096)[0]
+    img = _cpu_images(only0, FORMATS, 1, [LostEvents(0, int(ts0[1500]), 3)], 4096, padding_events=True)[0]
     pages = np.frombuffer(img, dtype=np.uint8).reshape(-1, 4096)
     hdr = pages[:, :16].copy().view(PAGE_HEADER).ravel()
     commit = hdr["commit"].astype(np.int64)
@@ -140,6 +141,18 @@ def test_pages_use_every_record_kind(tmp_path):
                 pos += 4 + 4 * tl
         assert pos == 16 + c
     assert kinds == {0, 1, 29, 30}
+
+
+def test_real_end_pages_hold_no_padding():
+    """Without padding_events, full pages end at their last event (commit = real_end) and are zero after it."""
+    from tracekit.testing.tracedat_writer import _cpu_images
+
+    events = {k: df.with_columns(pl.lit(0).alias("cpu")) for k, df in _mixed(4, 2000).items()}
+    pages = np.frombuffer(_cpu_images(events, FORMATS, 1, [], 4096)[0], dtype=np.uint8).reshape(-1, 4096)
+    commit = pages[:, 8:16].copy().view("<i8").ravel()
+    assert (commit < 4080).any()
+    for p, c in zip(pages, commit, strict=True):
+        assert not p[16 + c:].any()
 
 
 def test_one_million_events_in_seconds(tmp_path):

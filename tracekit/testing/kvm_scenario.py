@@ -132,6 +132,17 @@ class Scenario:
         return self.truth.filter((pl.col("pmi_count") > 1) & ~pl.col("inconclusive"))
 
     @property
+    def exit_stats(self) -> pl.DataFrame:
+        """Completed VM-exits per vCPU thread and exit reason: ``count``, ``total_ns``, ``min_ns``, ``max_ns`` of
+        the handling time (exit → entry), from the generated windows."""
+        h = (pl.col("entry_ts") - pl.col("exit_ts")).alias("h")
+        return (self.truth.filter(pl.col("entry_ts").is_not_null()).with_columns(h)
+                .group_by("pid", "vcpu", "exit_reason")
+                .agg(pl.len().cast(pl.Int64).alias("count"), pl.col("h").sum().alias("total_ns"),
+                     pl.col("h").min().alias("min_ns"), pl.col("h").max().alias("max_ns"))
+                .sort("pid", "exit_reason"))
+
+    @property
     def inconclusive(self) -> pl.DataFrame:
         """The windows that overlap lost events (reported whatever their count)."""
         return self.truth.filter(pl.col("inconclusive"))
@@ -399,8 +410,10 @@ def build_kvm_scenario(seed: int, *, vcpus: int = 4, cpus: int | None = None, du
         forced = bool(v.forced)
         if forced:        # the guest's PMI handler is running: its counters are stopped, no new PMI
             kind, payload = v.forced.pop(0)
-        elif v.windows == 0:        # the guest's perf programs LVTPC first (Linux: perf_events_lapic_init)
-            kind, payload = "APIC_WRITE", (APIC_LVTPC, APIC_DM_NMI if v.fixed_vector is None else v.fixed_vector)
+        elif v.windows == 0:        # the guest's perf sets LVTPC up masked, then arms it (perf_events_lapic_init)
+            lvt = APIC_DM_NMI if v.fixed_vector is None else v.fixed_vector
+            kind, payload = "APIC_WRITE", (APIC_LVTPC, lvt | APIC_LVT_MASKED)
+            v.forced.append(("APIC_WRITE", (APIC_LVTPC, lvt)))
         else:
             kind, payload = rng.choices(_MIX_NAMES, _MIX_WEIGHTS)[0], None
             if rng.random() < host_nmis:

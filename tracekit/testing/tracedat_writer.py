@@ -5,7 +5,9 @@ ring-buffer page layout of ``events/header_page`` (``timestamp`` u64, ``commit``
 record headers of ``events/header_event`` (``type_len`` 5 bits, ``time_delta`` 27 bits, ``array``). Records are
 packed the way ``kernel/trace/ring_buffer.c`` does: ``type_len`` 1..28 for payloads up to 112 bytes, 0 with the
 length in ``array[0]`` beyond; a TIME_EXTEND record (type 30) before an event whose delta does not fit in 27 bits;
-a padding record (type 29) where the next event does not fit a page; ``RB_MISSED_EVENTS`` (bit 31 of ``commit``) on
+where the next event does not fit a page, ``commit`` stops at the last event (``real_end``: what
+``ring_buffer_read_page`` hands to trace-cmd) or, with ``padding_events=True``, covers a padding record (type 29,
+``rb_reset_tail``) up to the page end, as pages inside the kernel hold; ``RB_MISSED_EVENTS`` (bit 31 of ``commit``) on
 the page after lost events, and ``RB_MISSED_STORED`` (bit 30) with the count stored after the data when known.
 
 The files are for tests, samples and benchmarks: ``trace-cmd report`` reads them without a warning and prints
@@ -91,7 +93,7 @@ def header_texts() -> tuple[str, str]:
 
 # --- page packing ------------------------------------------------------------------------------------------------
 def _pack_cpu(ts: np.ndarray, lengths: np.ndarray, payload_of, lost_at: dict[int, int | None],
-              page_size: int) -> bytes:
+              page_size: int, padding_events: bool = False) -> bytes:
     """Pack one CPU's records (sorted by ``ts``) into ring-buffer pages.
 
     Args:
@@ -100,6 +102,7 @@ def _pack_cpu(ts: np.ndarray, lengths: np.ndarray, payload_of, lost_at: dict[int
         payload_of: callable(dest uint32 view, word offsets) that copies every payload to its word offset.
         lost_at: record index → lost count (None = unknown) for pages that start after lost events.
         page_size: the ring-buffer page size (header included).
+        padding_events: end full pages with a committed padding record instead of at the last event.
     """
     n = len(ts)
     data_cap = page_size - PAGE_HEADER.itemsize
@@ -164,7 +167,9 @@ def _pack_cpu(ts: np.ndarray, lengths: np.ndarray, payload_of, lost_at: dict[int
     commit = np.asarray(commits, dtype=np.int64)
     for p, (s, padding) in enumerate(zip(starts, pad, strict=True)):
         base = p * page_size + PAGE_HEADER.itemsize
-        if padding >= RB_EVNT_MIN_SIZE:      # kernel rb_reset_tail: a discarded event up to the page end
+        if not padding_events:
+            pass
+        elif padding >= RB_EVNT_MIN_SIZE:      # kernel rb_reset_tail: a discarded event up to the page end
             words[(base + commit[p]) // 4] = RINGBUF_TYPE_PADDING | (1 << 5)
             words[(base + commit[p]) // 4 + 1] = padding - 4
             commit[p] += padding
@@ -185,7 +190,7 @@ def _pack_cpu(ts: np.ndarray, lengths: np.ndarray, payload_of, lost_at: dict[int
 
 
 def _cpu_images(events: Mapping[str, pl.DataFrame], formats: Mapping[str, EventFormat], cpus: int,
-                lost: Iterable[LostEvents], page_size: int) -> list[bytes]:
+                lost: Iterable[LostEvents], page_size: int, padding_events: bool = False) -> list[bytes]:
     ts_parts, cpu_parts, seq_parts, len_parts, blk_parts, row_parts = [], [], [], [], [], []
     blocks: list[np.ndarray] = []
     seq_base = 0
@@ -250,7 +255,7 @@ def _cpu_images(events: Mapping[str, pl.DataFrame], formats: Mapping[str, EventF
                 nw = int(slen[m[0]]) // 4
                 words[woff[m][:, None] + np.arange(nw)] = recs
 
-        images.append(_pack_cpu(cts, slen, copy, lost_at, page_size))
+        images.append(_pack_cpu(cts, slen, copy, lost_at, page_size, padding_events))
     return images
 
 
@@ -447,7 +452,7 @@ def write_tracedat(path: str | os.PathLike, events: Mapping[str, pl.DataFrame],
                    kallsyms: str | Mapping[str, int] | Iterable[tuple[int, str]] | None = None,
                    cmdlines: str | Mapping[int, str] | None = None, clock: str = "local",
                    lost: Iterable[LostEvents] = (), uname: str = DEFAULT_UNAME, printk: str = "",
-                   endian: str = "little") -> int:
+                   endian: str = "little", padding_events: bool = False) -> int:
     """Write a trace.dat file.
 
     Args:
@@ -467,6 +472,8 @@ def write_tracedat(path: str | os.PathLike, events: Mapping[str, pl.DataFrame],
         uname: the UNAME option text.
         printk: printk_formats text.
         endian: only "little" is written.
+        padding_events: full pages end with a committed padding record (``rb_reset_tail``) rather than at their
+            last event (``real_end``, what a recording holds).
 
     Returns:
         the number of events written.
@@ -486,7 +493,7 @@ def write_tracedat(path: str | os.PathLike, events: Mapping[str, pl.DataFrame],
     if cpus is None:
         cpus = 1 + max((int(df.get_column("cpu").max()) for df in events.values() if df.height), default=0)
     lost = list(lost)
-    images = _cpu_images(events, formats, cpus, lost, page_size)
+    images = _cpu_images(events, formats, cpus, lost, page_size, padding_events)
     meta = _metadata(formats, _kallsyms_text(kallsyms), _cmdlines_text(cmdlines), printk)
     with open(path, "wb") as out:
         if version == 6:
