@@ -88,7 +88,11 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> tuple[byt
         except (zstandard.ZstdError, zlib.error, gzip.BadGzipFile) as exc:
             raise ParseError(p, None, f"a valid {'zstd' if head.startswith(ZSTD_MAGIC) else 'gzip'} stream",
                              str(exc)[:80]) from exc
-        return _read_capped(f, p, max_bytes, "a text file"), None
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise ParseError(p, max_bytes, f"a text file of at most {max_bytes} bytes (pass max_bytes= to read more)",
+                             f"{size} bytes")
+        return f.read(), None
 
 
 def check_text(data: bytes, path: str) -> None:
