@@ -140,3 +140,10 @@ def test_compiler_num_is_an_expression_over_the_frame() -> None:
     e = comp.num(parse_expr("(u8)(REC->address >> 12) | ((REC->address >> 32) & 0xffffff00)"))
     df = pl.DataFrame({"address": [0xFEE01000 | (0x12345600 << 32)]}, schema={"address": pl.UInt64})
     assert df.select(e).item() == 0x01 | 0x12345600
+
+
+def test_bitmask_like_print_bitmask_to_seq() -> None:
+    # bytes printed from the last one, a comma every 32 bits counted from the low end
+    fmt = _fmt("\tfield:__data_loc unsigned long[] mask;\toffset:8;\tsize:4;\tsigned:0;", '"m=%s", __get_bitmask(mask)')
+    df = pl.DataFrame({"mask": [[0x5, 0x100000000], [0xFF]]}, schema={"mask": pl.List(pl.UInt64)})
+    assert render_event(df, fmt).to_list() == ["m=00000001,00000000,00000000,00000005", "m=00000000,000000ff"]

@@ -584,9 +584,12 @@ class Compiler:
         col, es = self._bytes_of(a)
         if col is None:
             return pl.lit("", pl.String)
-        # kernel bitmaps are arrays of longs; libtraceevent prints 32-bit words, most significant first, comma-joined
+        # kernel bitmaps are arrays of longs (little-endian here); a cpumask is printed like a bitmask (libtraceevent
+        # prints CPU ranges for __get_cpumask; no 6.18 format of the bundled systems uses it)
         words = col.list.eval(hex_expr(pl.element()).str.pad_start(es * 2, "0"))
-        return words.list.reverse().list.join("").fill_null("")
+        text = words.list.reverse().list.join("").fill_null("")
+        # print_bitmask_to_seq: the bytes from the last, a comma every 32 bits counted from the low end
+        return text.str.replace_all(r"([0-9a-f]{8})", "${1},").str.strip_suffix(",")
 
     # -- symbol tables ---------------------------------------------------------------------------------------------
     @staticmethod
