@@ -165,3 +165,16 @@ def test_trace_cmd_report_of_counter_clock_equals_trace_dat_exactly():
     assert text.unparsed_lines.height == 0
     diffs = _compare(text, dat, ts_exact=True, name="report.txt.zst")
     assert set(diffs) <= {("sched_switch", "prev_state")}   # the plugin's missing "+" bit, as above
+
+
+def test_frames_have_the_trace_dat_keys_columns_and_dtypes(dat_local):
+    text = tracekit.load(SAME / "trace.txt.zst")
+    assert sorted(text.frames) == sorted(dat_local.frames)
+    for ev in dat_local.event_names:
+        assert text.events(ev).schema == dat_local.events(ev).schema, ev
+    # trace-cmd report has no irq-flags column: the same schema without common_flags / common_preempt_count
+    report = tracekit.load(SAME / "report.txt.zst")
+    for ev in dat_local.event_names:
+        want = {c: t for c, t in dat_local.events(ev).schema.items()
+                if c not in ("common_flags", "common_preempt_count")}
+        assert dict(report.events(ev).schema) == want, ev
