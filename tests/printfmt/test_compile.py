@@ -147,3 +147,10 @@ def test_bitmask_like_print_bitmask_to_seq() -> None:
     fmt = _fmt("\tfield:__data_loc unsigned long[] mask;\toffset:8;\tsize:4;\tsigned:0;", '"m=%s", __get_bitmask(mask)')
     df = pl.DataFrame({"mask": [[0x5, 0x100000000], [0xFF]]}, schema={"mask": pl.List(pl.UInt64)})
     assert render_event(df, fmt).to_list() == ["m=00000001,00000000,00000000,00000005", "m=00000000,000000ff"]
+
+
+def test_percent_s_of_a_long_field_is_a_printk_string_or_hex() -> None:
+    # print_str_arg: a non-array field of long size is looked up in the printk formats, else printed "%llx"
+    fmt = _fmt("\tfield:unsigned long fmt;\toffset:8;\tsize:8;\tsigned:0;", '"[%s]", REC->fmt')
+    df = pl.DataFrame({"fmt": [0xFFFF0001, 0xABC]}, schema={"fmt": pl.UInt64})
+    assert render_event(df, fmt, printk={0xFFFF0001: "hello"}).to_list() == ["[hello]", "[abc]"]

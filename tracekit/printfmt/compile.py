@@ -516,10 +516,9 @@ class Compiler:
             v = self._field_num(name)
             hx = hex_expr(v)
             if self.printk:
-                keys = list(self.printk)
-                hx = pl.when(v.is_in(pl.lit(keys, pl.List(U64)).explode())).then(
-                    v.replace_strict(keys, list(self.printk.values()), default=None, return_dtype=pl.String)
-                ).otherwise(hx)
+                named = v.replace_strict(list(self.printk), list(self.printk.values()), default=None,
+                                         return_dtype=pl.String)
+                hx = pl.coalesce(named, hx)
             return hx
         if dt == pl.String:
             return self._fmt_str(pl.col(name).fill_null(""), conv, width)

@@ -41,7 +41,7 @@ def _funcs(trace) -> FuncTable:
 
 def _printk(trace) -> dict[int, str] | None:
     md = getattr(trace, "metadata", {}) or {}
-    pk = md.get("printk")
+    pk = md.get("printk_formats") or md.get("printk")
     if isinstance(pk, Mapping) and pk:
         return {int(k): str(v) for k, v in pk.items()}
     return None
