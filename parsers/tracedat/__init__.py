@@ -292,19 +292,20 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
     buf = np.concatenate(bufs) if len(bufs) > 1 else (bufs[0] if bufs else np.zeros(16, np.uint8))
     data, length, ts, cpu, group = (np.concatenate([c[i] for c in cols]) if cols else np.zeros(0, np.int64)
                                     for i in range(5))
-    order = np.argsort(ts, kind="stable")
-    data, length, ts, cpu, group = data[order], length[order], ts[order], cpu[order], group[order]
     u32 = buf[: len(buf) // 4 * 4].view(">u4" if info.big_endian else "<u4")
     word = u32[data >> 2] if len(data) else np.zeros(0, np.uint32)
-    ids = ((word >> 16) if info.big_endian else (word & 0xFFFF)).astype(np.int32)
-    ids[length < 2] = -1
+    ids = ((word >> 16) if info.big_endian else (word & 0xFFFF)).astype(np.uint16)
+    ids[length < 2] = 0xFFFF
+    del word
+    # rows in time order (stable: ties keep buffer, CPU, then ring-buffer order), then one radix sort of the
+    # 16-bit event ids groups them per event keeping that order; one composed index gathers each event's rows
+    order = np.argsort(ts, kind="stable")
+    by_id = order[np.argsort(ids[order], kind="stable")]
+    sorted_ids = ids[by_id]
     lost = _lost_frame(lost_rows, buffers)
     st = _State(path, buf, info.big_endian, long_size, pids, comms, [b.name for b in buffers], kallsyms, printk)
     frames: dict = {}
     counts: dict[str, int] = {}
-    # one radix sort of the 16-bit event ids groups the records per event, keeping time order inside each group
-    by_id = np.argsort(ids.astype(np.uint16), kind="stable")
-    sorted_ids = ids[by_id].astype(np.uint16)
     bounds = np.flatnonzero(np.diff(sorted_ids.astype(np.int32))) + 1
     for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(by_id)], strict=True):
         if lo == hi:
@@ -319,7 +320,7 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
         key = fmt.full_name
         counts[key] = int(hi - lo)
         frames[key] = _builder(st, fmt, data[sel], length[sel], ts[sel], cpu[sel], group[sel])
-    del data, length, ts, cpu, group, by_id, ids
+    del data, length, ts, cpu, group, by_id, ids, order
     st.pending = len(frames)
     md["events"] = int(sum(counts.values()))
     return Trace(source=path, format="trace.dat", frames=frames, metadata=md, formats=index.by_name(),

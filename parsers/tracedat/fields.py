@@ -39,6 +39,9 @@ class Payloads:
             buf = block.view(np.uint8).ravel()
             off = np.arange(len(off), dtype=np.int64) * (words * 4)
             u32 = block.ravel()
+            self.block = block
+        else:
+            self.block = None
         self.buf = buf
         self.off = off
         self.last = len(buf) - 1
@@ -47,9 +50,12 @@ class Payloads:
 
     def uint(self, rel: int | np.ndarray, size: int) -> np.ndarray:
         """Unsigned ints of ``size`` bytes at payload offset ``rel`` (a constant or per row) of every record."""
+        const = np.isscalar(rel)
+        blk = self.block
+        if const and blk is not None and rel + size <= blk.shape[1] * 4:
+            return self._column(blk, int(rel), size)
         off = self.off + rel
         off = np.clip(off, 0, max(self.last - size, 0))
-        const = np.isscalar(rel)
         if size == 1:
             return self.buf[off]
         if size == 2 and const and rel % 2 == 0:
@@ -65,6 +71,24 @@ class Payloads:
             byte = self.buf[off + k].astype(np.uint64)
             acc |= byte << np.uint64(8 * (size - 1 - k if self.big else k))
         return acc.astype({1: np.uint8, 2: np.uint16, 4: np.uint32}.get(size, np.uint64))
+
+    def _column(self, blk: np.ndarray, rel: int, size: int) -> np.ndarray:
+        """One field of every record as a strided column of the record block (no index arrays)."""
+        if size == 4 and rel % 4 == 0:
+            return blk[:, rel // 4]
+        if size == 8 and rel % 4 == 0:
+            a = blk[:, rel // 4].astype(np.uint64)
+            b = blk[:, rel // 4 + 1].astype(np.uint64)
+            return (a << np.uint64(32)) | b if self.big else a | (b << np.uint64(32))
+        if size == 2 and rel % 2 == 0:
+            return blk.view(">u2" if self.big else "<u2")[:, rel // 2]
+        b8 = blk.view(np.uint8)
+        if size == 1:
+            return b8[:, rel]
+        acc = np.zeros(blk.shape[0], np.uint64)
+        for k in range(size):
+            acc |= b8[:, rel + k].astype(np.uint64) << np.uint64(8 * (size - 1 - k if self.big else k))
+        return acc.astype({2: np.uint16, 4: np.uint32}.get(size, np.uint64))
 
     def scalar(self, f: Field) -> pl.Series:
         raw = self.uint(f.offset, f.size)

@@ -139,46 +139,65 @@ def walk(ps: PageSet, page_size: int, long_size: int, big: bool, path: str) -> R
         at = dstart[stored] + ((size[stored] + 3) & ~3)
         vals = _u64_at(u32, at, big) if long_size == 8 else u32[at >> 2].astype(np.uint64)
         lost[stored] = vals.astype(np.int64)
-    pos = np.zeros(n, np.int64)
-    active = np.flatnonzero(~bad & (size > 0))
+    # carried per live page, compacted every step: page index, absolute offset of the next header, commit end,
+    # running timestamp
+    p = np.flatnonzero(~bad & (size > 0))
+    off = dstart[p]
+    end = off + size[p]
+    cur = ts[p]
     out_page, out_data, out_len, out_ts = [], [], [], []
     shift = np.uint64(L.TS_SHIFT)
-    while active.size:
-        p = active
-        off = dstart[p] + pos[p]
+    last_word = len(u32) - 1
+    while p.size:
         w = u32[off >> 2]
         if big:
-            tl, delta = w >> 27, (w & 0x7FFFFFF).astype(np.uint64)
+            tl, delta = (w >> 27).astype(np.int64), (w & 0x7FFFFFF).astype(np.uint64)
         else:
-            tl, delta = w & 31, (w >> 5).astype(np.uint64)
-        need = (tl == 0) | (tl >= L.TYPE_PADDING)
-        room = pos[p] + 8 <= dsize
-        arr0 = np.where(need & room, u32[np.minimum((off >> 2) + 1, len(u32) - 1)], 0).astype(np.int64)
-        ext = (arr0.astype(np.uint64) << shift) + delta
-        cur = ts[p]
-        ts[p] = np.where(tl == L.TYPE_TIME_STAMP, ext | (cur & L.TS_MSB),
-                         cur + np.where(tl == L.TYPE_TIME_EXTEND, ext, delta))
-        small = (tl >= 1) & (tl <= L.TYPE_LEN_DATA_MAX)
-        dlen = np.where(small, tl.astype(np.int64) * 4, ((arr0 - 4) + 3) & ~3)
-        doff = off + np.where(small, 4, 8)
-        nxt = np.where(tl == L.TYPE_PADDING, off + 4 + arr0,
-                       np.where(tl >= L.TYPE_TIME_EXTEND, off + 8, doff + dlen))
+            tl, delta = (w & 31).astype(np.int64), (w >> 5).astype(np.uint64)
+        # the common case, a data record with its length in type_len: payload at +4, 4*type_len bytes
+        dlen = tl * 4
+        doff = off + 4
         is_ev = tl <= L.TYPE_LEN_DATA_MAX
-        broken = (need & ~room) | ((tl == 0) & (arr0 < 4)) | (is_ev & (doff + dlen > dstart[p] + size[p])) \
-            | ((nxt & 3) != 0)
-        if broken.any():
-            for i in p[broken]:
-                reason.setdefault(int(i), f"a record at page offset {int(pos[i]) + hdr} running past the commit "
+        cur = cur + delta
+        rare = np.flatnonzero((tl == 0) | (tl > L.TYPE_LEN_DATA_MAX))
+        broken = None
+        if rare.size:
+            t = tl[rare]
+            o = off[rare]
+            room = o + 8 <= end[rare] + 4 * (t != 0)
+            arr0 = np.where(room, u32[np.minimum((o >> 2) + 1, last_word)], 0).astype(np.int64)
+            ext = (arr0.astype(np.uint64) << shift) + delta[rare]
+            prev = cur[rare] - delta[rare]
+            cur[rare] = np.where(t == L.TYPE_TIME_STAMP, ext | (prev & L.TS_MSB),
+                                 np.where(t == L.TYPE_TIME_EXTEND, prev + ext, prev + delta[rare]))
+            # kbuffer-parse.c translate_data(): type_len 0 keeps its length in array[0] (payload at +8); padding
+            # skips array[0] bytes after the header word; time extend/stamp records are 8 bytes long
+            dlen[rare] = np.where(t == 0, ((arr0 - 4) + 3) & ~3, np.where(t == L.TYPE_PADDING, arr0, 0))
+            doff[rare] = o + np.where(t == L.TYPE_PADDING, 4, 8)
+            bad_r = ~room | ((t == 0) & (arr0 < 4)) | ((t == L.TYPE_PADDING) & (arr0 & 3 != 0))
+            if bad_r.any():
+                broken = np.zeros(p.size, bool)
+                broken[rare[bad_r]] = True
+        nxt = doff + dlen
+        over = is_ev & (nxt > end)
+        if over.any():
+            broken = over if broken is None else broken | over
+        if broken is not None:
+            for i, at in zip(p[broken], off[broken], strict=True):
+                reason.setdefault(int(i), f"a record at page offset {int(at - starts[i])} running past the commit "
                                           f"({int(size[i])})")
             bad[p[broken]] = True
-        ok = is_ev & ~broken
+            ok = is_ev & ~broken
+        else:
+            ok = is_ev
         out_page.append(p[ok])
         out_data.append(doff[ok])
         out_len.append(dlen[ok])
-        out_ts.append(ts[p][ok])
-        pos[p] = nxt - dstart[p]
-        keep = (pos[p] < size[p]) & ~broken
-        active = p[keep]
+        out_ts.append(cur[ok])
+        keep = nxt < end
+        if broken is not None:
+            keep &= ~broken
+        p, off, end, cur = p[keep], nxt[keep], end[keep], cur[keep]
     page = _cat(out_page, np.int64)
     data = _cat(out_data, np.int64)
     length = _cat(out_len, np.int64)

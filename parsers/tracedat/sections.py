@@ -370,6 +370,24 @@ def cpu_chunks(b: Blob, info: FileInfo, buf: Buffer, cpu: CpuData) -> list[tuple
     return chunks
 
 
+def _zstd_into(raw: bytes, dest: np.ndarray, path: str, off: int) -> None:
+    """Decompress one zstd chunk straight into ``dest``, which it must fill exactly."""
+    mv = memoryview(dest)
+    got = 0
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(raw) as r:
+            while got < len(dest):
+                n = r.readinto(mv[got:])
+                if not n:
+                    break
+                got += n
+            extra = r.read(1)
+    except zstandard.ZstdError as exc:
+        raise ParseError(path, off, "a valid zstd chunk", str(exc)) from exc
+    if got != len(dest) or extra:
+        raise ParseError(path, off, f"zstd data expanding to {len(dest)} bytes", f"{got}{'+' if extra else ''} bytes")
+
+
 def fill_chunks(b: Blob, info: FileInfo, chunks: list[tuple[int, int, int]], dest: np.ndarray,
                 compressed: bool) -> None:
     """Copy (decompressing) ``chunks`` into ``dest`` (uint8, at least the sum of their uncompressed sizes).
@@ -381,6 +399,8 @@ def fill_chunks(b: Blob, info: FileInfo, chunks: list[tuple[int, int, int]], des
     for off, csize, usize in chunks:
         if not compressed:
             dest[pos:pos + usize] = np.frombuffer(b.data, np.uint8, count=usize, offset=off)
+        elif info.compression == "zstd":
+            _zstd_into(b.take(off, csize, "a compressed chunk"), dest[pos:pos + usize], b.path, off - 8)
         else:
             out = decompress(info.compression, b.take(off, csize, "a compressed chunk"), usize, b.path, off - 8)
             dest[pos:pos + usize] = np.frombuffer(out, np.uint8)
