@@ -167,6 +167,9 @@ def _hotspots(analysis: Any) -> list[dict[str, Any]]:
         def sub(key: str, limit: int = 15, row: dict = row) -> dict[str, Any]:
             items = row.get(key) or []
             df = pl.DataFrame(items) if items else None
+            if df is not None:  # shares read as percentages
+                df = df.with_columns(pl.format("{} %", (pl.col(c) * 100).round(2)).alias(c)
+                                     for c in df.columns if c == "share" or c == "peak")
             return _table(df, limit)
 
         share = row.get("share")

@@ -136,6 +136,7 @@ def test_hotspots_section_escapes_and_shows_paths(tmp_path):
     a = tracekit.analyze(kvm_trace(), rules=[Hot])
     html = a.save(tmp_path)["html"].read_text()
     assert "47.07 % of the samples" in html and "perf_ioctl → perf_event_ctx_lock_nested.isra.0" in html
+    assert "<td>40.0 %</td>" in html  # path share as a percentage
     assert "<script" not in html and "&lt;script&gt;" in html
     jsonschema.validate(json.loads((tmp_path / "findings.json").read_text()), schema())
 
