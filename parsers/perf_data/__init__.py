@@ -376,7 +376,17 @@ class _Reader:
     def _kallsyms(self, kallsyms) -> tuple[Kallsyms | None, str]:
         if isinstance(kallsyms, Kallsyms):
             return kallsyms, "given"
+        if isinstance(kallsyms, Trace):  # a trace.dat loaded alongside carries the host's kallsyms
+            if kallsyms.kallsyms is None:
+                raise ParseError(kallsyms.source, None, "a trace carrying kallsyms", "none")
+            return kallsyms.kallsyms, kallsyms.source
         if kallsyms is not None:
+            with open(kallsyms, "rb") as f:
+                magic = f.read(10)
+            if magic == b"\x17\x08\x44tracing":
+                from .. import tracedat
+
+                return self._kallsyms(tracedat.read(kallsyms))[0], os.fspath(kallsyms)
             return Kallsyms.from_file(kallsyms), os.fspath(kallsyms)
         if self.trace_kallsyms is not None and len(self.trace_kallsyms):
             return self.trace_kallsyms, "tracing_data"
@@ -414,8 +424,10 @@ def read(path: str | os.PathLike, *, kallsyms=None, progress: Callable[[int, int
 
     Args:
         path: perf.data file (file or pipe mode) or a directory holding ``data`` and ``data.N``.
-        kallsyms: a kallsyms file or :class:`~tracekit.symbols.Kallsyms` for kernel addresses; by default the
-            tracing data's, else ``/proc/kallsyms`` when hostname and osrelease match this machine.
+        kallsyms: kernel symbols for kernel addresses: a kallsyms text file, a trace.dat (or its loaded
+            :class:`~tracekit.Trace`) recorded on the same host, or a :class:`~tracekit.symbols.Kallsyms`; by
+            default the tracing data's, else ``/proc/kallsyms`` when hostname and osrelease match this machine.
+            ``Trace.metadata["kallsyms_source"]`` says which was used (``none`` when no source fits).
         progress: called as ``progress(done, total)``.
         **options: ``symfs=DIR`` looks user binaries up under DIR.
 

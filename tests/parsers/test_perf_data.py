@@ -228,3 +228,16 @@ def test_big_endian_layouts_swap():
     be = perf_data.layout.swapped(le)
     rec = np.frombuffer(b"\x00\x00\x00\x09\x00\x02\x00\x50", dtype=be)[0]
     assert (int(rec["type"]), int(rec["misc"]), int(rec["size"])) == (9, 2, 0x50)
+
+
+def test_kallsyms_from_a_trace_loaded_alongside():
+    from tracekit.model import Trace
+
+    ks = _kallsyms("host-contention.perf.data")
+    tdat = Trace(source="trace.dat", format="trace.dat", frames={}, kallsyms=ks)
+    t = perf_data.read(DATA / "host-contention.perf.data", kallsyms=tdat)
+    assert t.metadata["kallsyms_source"] == "trace.dat"
+    names = t.events("cpu-clock")["callchain"].explode()
+    assert (names == "perf_event_ctx_lock_nested.isra.0").sum() > 1000
+    bare = perf_data.read(DATA / "host-contention.perf.data")  # recorded on another kernel build: no kallsyms fits
+    assert bare.metadata["kallsyms_source"] in ("none", "/proc/kallsyms")
