@@ -29,7 +29,7 @@ from ...errors import ConfigError, ParseError, TracekitError
 from ...formats import EventFormat, builtin_formats, load_format_dir
 from ...model import LOST_SCHEMA, Trace
 from . import _lines, _plugins
-from ._invert import raw_parser
+from ._invert import HEX_BYTES, raw_parser, words_from_hex
 from ._source import MAX_BYTES, check_text, lines_frame, read_bytes
 
 __all__ = ["sniff", "read"]
@@ -138,6 +138,10 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
     raw_m = info.str.contains(raw_rx) if schema else pl.Series([False] * len(info))
     if raw_m.any():
         raw = pl.DataFrame({"info": info}).select(*[e.alias(n) for n, e in raw_fields(pl.col("info")).items()])
+        for c in [c for c in raw.columns if c.startswith(HEX_BYTES)]:
+            n = c[len(HEX_BYTES):]
+            raw = raw.with_columns(words_from_hex(raw[c], fmt.field(n).element_size(long_size), schema[n]).alias(n)) \
+                .drop(c)
         fields = fields.with_columns([pl.when(raw_m).then(pl.coalesce(raw[n], fields[n])).otherwise(fields[n])
                                       .alias(n) for n in raw.columns])
     handler = _plugins.HANDLERS.get(name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import numpy as np
 import polars as pl
 
 from ...formats import EventFormat
@@ -170,6 +171,25 @@ def field_conversions(fmt: EventFormat) -> dict[str, str]:
     return out
 
 
+HEX_BYTES = "\x00hex:"   # prefix of a raw column that still holds an array's bytes as hex text
+
+
+def words_from_hex(hexes: pl.Series, size: int, dtype: pl.DataType, little_endian: bool = True) -> pl.Series:
+    """Hex text of an array's bytes per row (``d28b3681ffffffff…``) → a List column of ``size``-byte words, in one
+    numpy pass over all rows (null rows stay null; a trailing partial word is dropped)."""
+    binary = hexes.str.decode("hex", strict=False)
+    nbytes = binary.bin.size().fill_null(0).to_numpy().astype(np.int64)
+    counts = nbytes // size
+    flat = b"".join(b[: c * size] for b, c in zip(binary.fill_null(b"").to_list(), counts.tolist(), strict=True))
+    words = np.frombuffer(flat, dtype=np.dtype(f"{'<' if little_endian else '>'}u{size}"))
+    rows = np.repeat(np.arange(len(hexes), dtype=np.int64), counts)
+    grouped = (pl.DataFrame({"row": rows, "w": words}).group_by("row", maintain_order=True).agg("w"))
+    out = pl.DataFrame({"row": np.arange(len(hexes), dtype=np.int64)}).join(grouped, on="row", how="left")
+    lists = out["w"]
+    lists = pl.select(pl.when(hexes.is_not_null()).then(lists.fill_null(pl.lit([], dtype=lists.dtype)))).to_series()
+    return lists.cast(dtype, strict=False).alias(hexes.name)
+
+
 def raw_parser(fmt: EventFormat, long_size: int = 8) -> tuple[str, Callable[[pl.Expr], dict[str, pl.Expr]]]:
     """The ``name=value`` form ``trace-cmd report -R`` prints for every field: (regex, converter to field exprs).
 
@@ -202,11 +222,9 @@ def raw_parser(fmt: EventFormat, long_size: int = 8) -> tuple[str, Callable[[pl.
                 out[n] = v.str.extract(r"^ARRAY\[(.*)\]$", 1).str.split(", ").list.eval(
                     pl.element().str.to_integer(base=16, dtype=pl.UInt8, strict=False))
             elif isinstance(dt, pl.List) and dt.inner.is_integer():
-                size = fmt.field(n).element_size(long_size)
-                nibbles = v.str.extract(r"^ARRAY\[(.*)\]$", 1).str.replace_all(r"[ ,]", "")
-                out[n] = nibbles.str.extract_all(f"[0-9a-fA-F]{{{2 * size}}}").list.eval(
-                    pl.element().str.extract_all(r"[0-9a-fA-F]{2}").list.reverse().list.join("")
-                    .str.to_integer(base=16, dtype=pl.UInt64, strict=False)).cast(dt, strict=False)
+                # the record's bytes in memory order; words are rebuilt eagerly by words_from_hex()
+                out[f"{HEX_BYTES}{n}"] = v.str.extract(r"^ARRAY\[(.*)\]$", 1).str.replace_all(", ", "",
+                                                                                               literal=True)
         return out
 
     return rx, fields

@@ -12,9 +12,12 @@ expression}); rows that do not match fall back to the print-fmt inversion. Forms
   plugin's names, e.g. SVM ``EXIT_IOIO``, come from :mod:`._kvm_reasons`, derived from trace-cmd itself);
 - ``kvm_entry``: ``vcpu N rip 0xADDR``;
 - ``kvm_emulate_insn``: ``csbase:rip: bytes`` (plugin) or ``csbase:rip:bytes (mode)`` (kernel);
-- ``function``: ``func`` or ``func <-- parent`` (plugin), ``ip=func parent_ip=parent`` (``-R``) or ``func <-parent`` (tracefs function tracer); names land in String
-  columns ``ip_sym`` / ``parent_ip_sym``, hex addresses in ``ip`` / ``parent_ip``;
-- ``kernel_stack`` raw (``-R``): ``size=N caller=ARRAY[bytes]`` (trace-cmd prints only the first 8 words).
+- ``function``: ``func`` or ``func <-- parent`` (plugin), ``ip=func parent_ip=parent`` (``-R``) or ``func <-parent``
+  (tracefs function tracer); names land in String columns ``ip_sym`` / ``parent_ip_sym``, hex addresses in ``ip`` /
+  ``parent_ip``.
+
+``trace-cmd report -R``'s ``name=value`` form of every event (``kernel_stack``: ``size=N caller=ARRAY[bytes]``, of
+which trace-cmd prints only the first 8 words) is undone by :func:`._invert.raw_parser`.
 """
 
 from __future__ import annotations
@@ -150,20 +153,6 @@ def _function(info: pl.Expr, fmt: EventFormat, schema: dict) -> tuple[pl.Expr, d
     return m, out
 
 
-def _kernel_stack_raw(info: pl.Expr, fmt: EventFormat, schema: dict) -> tuple[pl.Expr, dict[str, pl.Expr]]:
-    rx = r"^size=(?P<size>\d+) caller=ARRAY\[(?P<bytes>[0-9a-fA-F, ]*)\]\s*$"
-    m, get = _groups(info, rx)
-    out = _ints(get, schema, ("size",))
-    if "caller" in schema and schema["caller"] == pl.List(pl.UInt64):
-        b = get("bytes").str.replace_all(r"[ ,]", "")
-        # bytes are printed in memory order (little-endian words); regroup by 8 and reverse byte order per word
-        words = b.str.extract_all(r"[0-9a-fA-F]{16}").list.eval(
-            pl.element().str.extract_all(r"[0-9a-fA-F]{2}").list.reverse().list.join("")
-            .str.to_integer(base=16, dtype=pl.UInt64, strict=False))
-        out["caller"] = words
-    return m, out
-
-
 def _kvm_userspace_exit(info: pl.Expr, fmt: EventFormat, schema: dict) -> tuple[pl.Expr, dict[str, pl.Expr]]:
     """``reason KVM_EXIT_IO (2)``: the kernel's nested ternary prints ``restart``/``error`` for a negative errno,
     else the reason's name."""
@@ -189,5 +178,4 @@ HANDLERS: dict[str, Handler] = {
     "kvm_entry": _kvm_entry,
     "kvm_emulate_insn": _kvm_emulate_insn,
     "function": _function,
-    "kernel_stack": _kernel_stack_raw,
 }
