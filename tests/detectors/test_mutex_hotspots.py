@@ -102,6 +102,9 @@ def test_inclusive_share_and_counts_are_exact():
     res = run(perf_trace(df))
     hs = res.frames["hotspots"]
     assert dict(hs.schema) == HOTSPOTS_SCHEMA
+    from tracekit.analysis import HOTSPOTS_SCHEMA as ANALYSIS_SCHEMA  # what findings.json and the report read
+
+    assert HOTSPOTS_SCHEMA == dict(ANALYSIS_SCHEMA)
     row = hs.row(0, named=True)
     hit = IN_SET[idx]
     assert row["samples"] == int(hit.sum())
