@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..formats import EventFormat, builtin_formats
 from ._records import encode
 
-__all__ = ["write_tracedat", "LostEvents", "header_texts"]
+__all__ = ["write_tracedat", "LostEvents", "header_texts", "trace_inputs"]
 
 # --- binary layouts (little-endian; trace-cmd.dat.v6(5)/v7(5), include/linux/ring_buffer.h) -------------------
 MAGIC = b"\x17\x08\x44tracing"
@@ -446,6 +446,25 @@ def _write_v7(out, meta, images, cpus, page_size, clock, uname, compression) -> 
     out.write(bytes(w.buf))
 
 
+def trace_inputs(trace) -> tuple[dict[str, pl.DataFrame], dict[str, EventFormat], list[tuple[int, str]] | None,
+                                 dict[int, str] | None]:
+    """The frames, formats, kallsyms and cmdlines of a loaded :class:`tracekit.model.Trace`, as the writer takes
+    them."""
+    events = {}
+    for key in trace.frames:
+        df = trace.events(key)
+        if "callers" in df.columns:   # resolved names of ``caller`` (which holds all ``size`` addresses)
+            df = df.drop("callers")
+        events[key] = df
+    ks = trace.kallsyms
+    kallsyms = None
+    if ks is not None and len(ks):
+        kallsyms = [(int(a), str(n)) for a, n in zip(ks.addrs, ks.names, strict=True)]
+    cmd = trace.tables.get("cmdlines")
+    cmdlines = dict(zip(cmd["pid"].to_list(), cmd["comm"].to_list(), strict=True)) if cmd is not None else None
+    return events, dict(trace.formats), kallsyms, cmdlines
+
+
 def write_tracedat(path: str | os.PathLike, events: Mapping[str, pl.DataFrame],
                    formats: Mapping[str, EventFormat] | None = None, *, version: int = 7,
                    compression: str = "none", cpus: int | None = None, page_size: int = 4096,
@@ -457,7 +476,8 @@ def write_tracedat(path: str | os.PathLike, events: Mapping[str, pl.DataFrame],
 
     Args:
         path: the file to create (overwritten).
-        events: frames keyed by ``system:event``; each has ``ts`` (ns), ``cpu``, ``common_pid`` (or ``pid``),
+        events: a loaded :class:`tracekit.model.Trace` (written back with its formats, kallsyms and cmdlines), or
+            frames keyed by ``system:event``; each has ``ts`` (ns), ``cpu``, ``common_pid`` (or ``pid``),
             optionally ``common_flags``, ``common_preempt_count``, ``seq`` (order of equal timestamps across
             frames), and the event's own fields by name (missing fields are written as 0).
         formats: event formats by ``system:event``; every one is embedded. Defaults to the bundled Linux 6.18 set.
@@ -489,6 +509,11 @@ def write_tracedat(path: str | os.PathLike, events: Mapping[str, pl.DataFrame],
         raise ConfigError("only little-endian trace.dat files are written")
     if page_size < 64 or page_size & (page_size - 1):
         raise ConfigError(f"page size {page_size} is not a power of two")
+    if hasattr(events, "frames") and hasattr(events, "formats"):   # a loaded Trace: write it back
+        events, tr_formats, tr_kallsyms, tr_cmdlines = trace_inputs(events)
+        formats = formats if formats is not None else tr_formats
+        kallsyms = kallsyms if kallsyms is not None else tr_kallsyms
+        cmdlines = cmdlines if cmdlines is not None else tr_cmdlines
     formats = dict(builtin_formats() if formats is None else formats)
     if cpus is None:
         cpus = 1 + max((int(df.get_column("cpu").max()) for df in events.values() if df.height), default=0)
