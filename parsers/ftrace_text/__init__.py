@@ -331,4 +331,7 @@ def _with_stacks(frame: pl.DataFrame, stacks: pl.DataFrame, fmt: EventFormat | N
                            .alias("size"))
     if "caller" in j.columns:
         j = j.with_columns(pl.coalesce(pl.col("caller"), pl.col("_caller").cast(j.schema["caller"])).alias("caller"))
+        if "size" in j.columns:
+            # trace-cmd -R prints 8 words whatever the record's size: the words past `size` are not the stack's
+            j = j.with_columns(pl.col("caller").list.head(pl.col("size").clip(0).fill_null(0)).alias("caller"))
     return j.drop("_caller")

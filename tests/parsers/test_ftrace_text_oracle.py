@@ -178,3 +178,11 @@ def test_frames_have_the_trace_dat_keys_columns_and_dtypes(dat_local):
         want = {c: t for c, t in dat_local.events(ev).schema.items()
                 if c not in ("common_flags", "common_preempt_count")}
         assert dict(report.events(ev).schema) == want, ev
+
+
+def test_raw_report_stack_words_are_the_first_callers(dat_local):
+    """trace-cmd -R prints the first 8 caller words (as bytes); they are the trace.dat's first min(size, 8)."""
+    a = tracekit.load(SAME / "report_R.txt.zst").events("kernel_stack")
+    b = dat_local.events("kernel_stack")
+    assert a["size"].to_list() == b["size"].to_list()
+    assert a["caller"].to_list() == [c[:8] for c in b["caller"].to_list()]
