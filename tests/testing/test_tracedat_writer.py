@@ -179,6 +179,17 @@ def test_cpus_without_events(tmp_path, version):
     assert [(e[0], e[1], e[2]) for e in got] == [(10, 1, 7), (20, 2, 8), (30, 1, 7)]
 
 
+def test_other_page_size(tmp_path):
+    """8 KiB ring-buffer pages: header_page says so and trace-cmd reads every event."""
+    events = _mixed(9, 3000)
+    path = tmp_path / "p8k.dat"
+    n = write_tracedat(path, events, FORMATS, version=7, cpus=CPUS, kallsyms=SYMBOLS, page_size=8192)
+    raw = report(path, "-R", "-t", "-N")
+    assert raw.returncode == 0 and raw.stderr.strip() in ("", f"cpus={CPUS}"), raw.stderr
+    got, _ = parse(raw.stdout, FORMATS, SYMBOLS)
+    assert len(got) == n and norm(got, SYMBOLS) == norm(expected(events, FORMATS), SYMBOLS)
+
+
 @pytest.mark.parametrize("kwargs", [{"version": 5}, {"version": 6, "compression": "zstd"}, {"compression": "zlib"},
                                     {"endian": "big"}, {"cpus": 1}])
 def test_bad_arguments_raise_config_error(tmp_path, kwargs):

@@ -17,6 +17,7 @@ exactly the written events (``tests/testing/test_tracedat_writer.py`` checks it 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -291,9 +292,12 @@ def _cmdlines_text(cmdlines) -> str:
     return "".join(f"{int(pid)} {comm}\n" for pid, comm in sorted(dict(cmdlines).items()))
 
 
-def _metadata(formats: Mapping[str, EventFormat], kallsyms: str, cmdlines: str, printk: str) -> dict[int, bytes]:
+def _metadata(formats: Mapping[str, EventFormat], kallsyms: str, cmdlines: str, printk: str,
+              page_size: int = 4096) -> dict[int, bytes]:
     """The metadata blocks shared by v6 (inline) and v7 (one section each)."""
     page, event = header_texts()
+    # header_page's data field spans the page after its 16-byte header
+    page = re.sub(r"(field: char data;\toffset:16;\tsize:)\d+", lambda m: m.group(1) + str(page_size - 16), page)
     ftrace = [f for f in formats.values() if f.system == "ftrace"]
     systems: dict[str, list[EventFormat]] = {}
     for f in formats.values():
@@ -519,7 +523,7 @@ def write_tracedat(path: str | os.PathLike, events: Mapping[str, pl.DataFrame],
         cpus = 1 + max((int(df.get_column("cpu").max()) for df in events.values() if df.height), default=0)
     lost = list(lost)
     images = _cpu_images(events, formats, cpus, lost, page_size, padding_events)
-    meta = _metadata(formats, _kallsyms_text(kallsyms), _cmdlines_text(cmdlines), printk)
+    meta = _metadata(formats, _kallsyms_text(kallsyms), _cmdlines_text(cmdlines), printk, page_size)
     with open(path, "wb") as out:
         if version == 6:
             _write_v6(out, meta, images, cpus, page_size, clock, uname)
