@@ -154,3 +154,11 @@ def test_percent_s_of_a_long_field_is_a_printk_string_or_hex() -> None:
     fmt = _fmt("\tfield:unsigned long fmt;\toffset:8;\tsize:8;\tsigned:0;", '"[%s]", REC->fmt')
     df = pl.DataFrame({"fmt": [0xFFFF0001, 0xABC]}, schema={"fmt": pl.UInt64})
     assert render_event(df, fmt, printk={0xFFFF0001: "hello"}).to_list() == ["[hello]", "[abc]"]
+
+
+def test_kernel_stack_from_text_input_prints_caller_names() -> None:
+    # text inputs (tracefs, trace-cmd report) give the frames as names in ``callers`` and no addresses
+    fmt = F["ftrace:kernel_stack"]
+    df = pl.DataFrame({"size": [2], "caller": [None], "callers": [["f", "g"]]},
+                      schema={"size": pl.Int32, "caller": pl.List(pl.UInt64), "callers": pl.List(pl.String)})
+    assert render_event(df, fmt).to_list() == ["\t=> f\n\t=> g" + "\n\t=> 0x0" * 6]

@@ -107,6 +107,13 @@ def info_expr(fmt: EventFormat, schema: Mapping[str, pl.DataType], *, long_size:
         funcs: the function map for ``%ps``; printk: the file's printk strings by address.
     """
     comp = Compiler(fmt, dict(schema), long_size, funcs, printk)
+    if fmt.system == "ftrace" and fmt.name in ("kernel_stack", "user_stack") and "callers" in schema:
+        # text inputs carry the frames as names only: print those where the record has no caller addresses
+        names = pl.col("callers").list.head(8).list.concat(pl.lit(["0x0"] * 8, pl.List(pl.String))).list.head(8)
+        from_names = names.list.eval(pl.lit("\t=> ") + pl.element()).list.join("\n")
+        rendered = comp.render(parse_print_fmt(fmt.print_fmt)).str.strip_suffix("\n")
+        has_addr = pl.col("caller").list.len().fill_null(0) > 0 if "caller" in schema else pl.lit(False)
+        return pl.when(has_addr).then(rendered).otherwise(from_names)
     if fmt.system == "ftrace" and fmt.name == "bprint" and "text" in schema:
         ip = comp.pointer(parse_conversions("%ps")[0], Field("ip"))
         return (ip + pl.lit(": ") + pl.col("text").fill_null("")).str.strip_suffix("\n")
