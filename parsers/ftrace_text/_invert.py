@@ -209,22 +209,29 @@ def raw_parser(fmt: EventFormat, long_size: int = 8) -> tuple[str, Callable[[pl.
     rx = "^" + " ".join(f"{_esc(n)}=(?P<r{i}>{value(schema[n])})" for i, n in enumerate(names)) + r"\s*$"
 
     def fields(info: pl.Expr) -> dict[str, pl.Expr]:
-        g = info.str.extract_groups(rx)
+        # values sit between "name=" and " next_name=": literal finds and slices, no capturing regex (arrays make
+        # these lines long, and capture groups over long lines are slow)
+        keys = [f"{n}=" if i == 0 else f" {n}=" for i, n in enumerate(names)]
+        pos = [info.str.find(k, literal=True) for k in keys]
+        ends = [*pos[1:], info.str.len_chars()]
         out = {}
         for i, n in enumerate(names):
-            v, dt = g.struct.field(f"r{i}"), schema[n]
+            begin = pos[i] + len(keys[i])
+            v = info.str.slice(begin, ends[i] - begin).str.strip_chars_end()
+            dt = schema[n]
             if dt == pl.String:
                 out[n] = v
             elif dt.is_integer():
                 hexed = v.str.starts_with("0x") | pl.lit(convs.get(n, "d") in "xXp")
                 out[n] = pl.when(hexed).then(to_dtype(v, dt, 16)).otherwise(to_dtype(v, dt, 10))
             elif isinstance(dt, pl.List) and dt.inner == pl.UInt8:
-                out[n] = v.str.extract(r"^ARRAY\[(.*)\]$", 1).str.split(", ").list.eval(
+                out[n] = v.str.strip_prefix("ARRAY[").str.strip_suffix("]").str.split(", ").list.eval(
                     pl.element().str.to_integer(base=16, dtype=pl.UInt8, strict=False))
             elif isinstance(dt, pl.List) and dt.inner.is_integer():
                 # the record's bytes in memory order; words are rebuilt eagerly by words_from_hex()
-                out[f"{HEX_BYTES}{n}"] = v.str.extract(r"^ARRAY\[(.*)\]$", 1).str.replace_all(", ", "",
-                                                                                               literal=True)
+                arr = v.str.starts_with("ARRAY[")
+                out[f"{HEX_BYTES}{n}"] = pl.when(arr).then(v.str.slice(6, v.str.len_bytes() - 7)
+                                                           .str.replace_all(", ", "", literal=True))
         return out
 
     return rx, fields
