@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from tracekit.formats import parse_format
 from tracekit.parsers.tracedat import layout as L
 from tracekit.parsers.tracedat.sections import Blob, cpu_chunks, fill_chunks, read_info
+
+from tracekit.formats import parse_format
 
 _HEADER_PAGE_32 = ("\tfield: u64 timestamp;\toffset:0;\tsize:8;\tsigned:0;\n"
                    "\tfield: local_t commit;\toffset:8;\tsize:4;\tsigned:1;\n"
