@@ -193,7 +193,7 @@ def _frame(st: _State, fmt: EventFormat, data: np.ndarray, length: np.ndarray, t
     if fmt.system == "ftrace" and fmt.name == "bprint":
         from .bprint import bprint_text
 
-        df = df.with_columns(bprint_text(df, st.printk, st.big, st.kallsyms))
+        df = df.with_columns(bprint_text(df, st.printk, st.big, st.kallsyms, st.long_size))
     return df
 
 

@@ -277,3 +277,17 @@ def test_big_endian_and_32_bit_long_reencodings(tmp_dir):
         assert long_size == 8 or gone == {"kernel_stack"}
         for name in tr.event_names:
             assert_frame_equal(tr.events(name), ref.events(name))
+
+
+def test_bprint_arguments_follow_vbin_printf():
+    """No real fixture holds bprint records (trace_printk needs a module): the argument layout is checked on bytes
+    laid out as lib/vsprintf.c vbin_printf() does (4-byte aligned numbers, inline strings)."""
+    from tracekit.parsers.tracedat.bprint import format_args
+
+    buf = ((-5).to_bytes(4, "little", signed=True) + b"abc\0" + (0xFFFFFFFF81000010).to_bytes(8, "little")
+           + (7).to_bytes(8, "little") + b"z" + b"\0\0\0" + (3).to_bytes(4, "little") + (0x2A).to_bytes(4, "little"))
+    text = format_args("x=%d s=%s f=%ps n=%lu%% c=%c w=%*x\n", buf, 8, False,
+                       lambda a: "fn+0x10" if a == 0xFFFFFFFF81000010 else None)
+    assert text == "x=-5 s=abc f=fn+0x10 n=7% c=z w= 2a\n"
+    be = (42).to_bytes(4, "big") + b"hi\0"
+    assert format_args("%u %s|%5d|", be + b"\0" + (9).to_bytes(4, "big"), 8, True) == "42 hi|    9|"
