@@ -18,7 +18,7 @@ import polars as pl
 import zstandard
 
 from tracekit.errors import ParseError, UnsupportedFormatError
-from tracekit.model import Trace
+from tracekit.model import LOST_SCHEMA, Trace
 
 __all__ = ["sniff", "read"]
 
@@ -27,6 +27,8 @@ _SAMPLE = (r"^\s*(?:(?P<comm>.*?)\s+)??(?:(?P<pid>-?\d+)/)?(?P<tid>-?\d+)\s+(?:\
 _FRAME = r"^\s+(?P<addr>[0-9a-f]+)\s+(?P<sym>.*?)(?:\+(?P<off>0x[0-9a-f]+))?\s+\((?P<dso>.*)\)\s*$"
 _IPSYM = (r"^(?:(?P<fields>.*?)\s+)?(?P<ip>[0-9a-f]{1,16})\s+(?P<sym>.*?)(?:\+(?P<off>0x[0-9a-f]+))?"
           r"\s+\((?P<dso>[^()]*)\)$|^(?P<ip_only>[0-9a-f]{1,16})$")
+_LOST = (r"^\s*(?:(?P<comm>.*?)\s+)??(?:(?P<pid>-?\d+)/)?(?P<tid>-?\d+)\s+(?:\[(?P<cpu>\d+)\]\s+)?"
+         r"(?:(?P<time>\d+\.\d+):\s+)?PERF_RECORD_LOST lost (?P<lost>\d+)\s*$")
 _SAMPLE_RE = re.compile(_SAMPLE)
 _MAX_BYTES = 8 << 30
 
@@ -103,7 +105,8 @@ def read(path: str | os.PathLike, *, progress: Callable[[int, int], None] | None
 
     Returns:
         One frame per event with ``ts, cpu, pid, tid, comm, period, ip, sym, dso, callchain, callchain_ip`` (null
-        where the text lacks the field), ``fields`` for tracepoint text; unmatched lines in ``unparsed_lines``.
+        where the text lacks the field), ``fields`` for tracepoint text; ``PERF_RECORD_LOST`` lines
+        (``--show-lost-events``) in ``tables["lost"]`` and ``lost_events``; unmatched lines in ``unparsed_lines``.
 
     Raises:
         ParseError: the file is unreadable or binary. UnsupportedFormatError: no sample line at all.
@@ -119,6 +122,7 @@ def read(path: str | os.PathLike, *, progress: Callable[[int, int], None] | None
     frame = pl.col("line").str.contains(r"^\t\s*[0-9a-f]+\s.*\)\s*$")
     df = df.with_columns(kind=pl.when(is_comment).then(pl.lit("c")).when(is_blank).then(pl.lit("b"))
                          .when(frame).then(pl.lit("f"))
+                         .when(pl.col("line").str.contains("PERF_RECORD_LOST lost")).then(pl.lit("l"))
                          .when(pl.col("line").str.contains(_SAMPLE)).then(pl.lit("s")).otherwise(pl.lit("u")))
     md = _header(df.filter(pl.col("kind") == "c")["line"])
     df = df.with_columns(sample=(pl.col("kind") == "s").cum_sum() - 1)
@@ -167,8 +171,18 @@ def read(path: str | os.PathLike, *, progress: Callable[[int, int], None] | None
             out = out.with_columns(part["fields"])
         frames[event] = out
     unparsed = df.filter(pl.col("kind") == "u").select("line_no", "line")
+    tables: dict[str, pl.DataFrame] = {}
+    lost_events = pl.DataFrame(schema=LOST_SCHEMA)
+    lost_lines = df.filter(pl.col("kind") == "l")
+    if lost_lines.height:  # perf script --show-lost-events
+        lost = (lost_lines.select(pl.col("line").str.extract_groups(_LOST).alias("g")).unnest("g")
+                .select(_ts("time").alias("ts"), pl.col("cpu").cast(pl.Int32), pl.col("tid").cast(pl.Int32),
+                        pl.col("lost").cast(pl.Int64)))
+        tables["lost"] = lost
+        lost_events = (lost.group_by("cpu").agg(pl.col("lost").sum()).sort("cpu")
+                       .with_columns(lost_unknown=pl.lit(0, dtype=pl.Int64)).select(list(LOST_SCHEMA)))
     md["samples"] = s.height
     if progress:
         progress(2, 2)
-    return Trace(source=os.fspath(p), format="perf-script", frames=frames, metadata=md,
-                 unparsed_lines=unparsed if unparsed.height else None, short_names=False)
+    return Trace(source=os.fspath(p), format="perf-script", frames=frames, metadata=md, tables=tables,
+                 lost_events=lost_events, unparsed_lines=unparsed if unparsed.height else None, short_names=False)

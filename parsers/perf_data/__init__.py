@@ -323,6 +323,7 @@ class _Reader:
         self.metadata["kallsyms_source"] = ksrc
         sym = Symbolizer(ksyms, tables, self.options.get("symfs"))
         frames = {name: sym.finish(parts, self._cc_parts, tables) for name, parts in per_event.items()}
+        self.metadata["callchains_dropped_invalid_context"] = sym.invalid_callchains
         lost = self._lost(tables)
         md = self.metadata
         md["attrs"] = [{"name": a.name, "ids": a.ids, **a.attr} for a in self.attrs]
@@ -361,13 +362,28 @@ class _Reader:
         return {k: pl.concat(v, how="diagonal_relaxed") for k, v in parts.items()}
 
     def _lost(self, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
+        """Per-CPU losses: PERF_RECORD_LOST (ring buffer full) and kernel LOST_SAMPLES. The LOST_SAMPLES perf
+        synthesises at the end of a run (time 0: each event's PERF_FORMAT_LOST total, which already counts the
+        LOST records' samples) go to ``metadata["lost_samples_per_event"]`` instead, to count nothing twice."""
         rows = []
-        for key in ("lost", "lost_samples"):
-            df = tables.get(key)
-            if df is None or not df.height:
-                continue
-            cpu = df["cpu"] if "cpu" in df.columns else pl.Series([-1] * df.height)
-            rows.append(pl.DataFrame({"cpu": cpu.cast(pl.Int32), "lost": df["lost"].cast(pl.Int64)}))
+        lost = tables.get("lost")
+        if lost is not None and lost.height:
+            rows.append(lost.select((pl.col("cpu") if "cpu" in lost.columns else pl.lit(-1)).cast(pl.Int32)
+                                    .alias("cpu"), pl.col("lost").cast(pl.Int64)))
+        ls = tables.get("lost_samples")
+        if ls is not None and ls.height:
+            ts = pl.col("ts") if "ts" in ls.columns else pl.lit(1)
+            synth = ls.filter(ts == 0)
+            if synth.height and "id" in synth.columns:
+                names = {i: a.name for a in self.attrs for i in a.ids}
+                per: dict[str, int] = {}
+                for i, n in synth.select("id", "lost").iter_rows():
+                    per[names.get(i, str(i))] = per.get(names.get(i, str(i)), 0) + int(n)
+                self.metadata["lost_samples_per_event"] = per
+            real = ls.filter(ts != 0)
+            if real.height:
+                rows.append(real.select((pl.col("cpu") if "cpu" in real.columns else pl.lit(-1)).cast(pl.Int32)
+                                        .alias("cpu"), pl.col("lost").cast(pl.Int64)))
         if not rows:
             return pl.DataFrame(schema=LOST_SCHEMA)
         return (pl.concat(rows).group_by("cpu").agg(pl.col("lost").sum())

@@ -13,6 +13,7 @@ import polars as pl
 
 from tracekit.symbols import Kallsyms
 
+from . import layout as L
 from .samples import strip_context
 
 KERNEL_START = np.uint64(0xFFFF800000000000)
@@ -22,6 +23,9 @@ UNKNOWN = "[unknown]"
 _USER_BITS = np.uint64(47)
 _USER_LIMIT = np.uint64(1 << 47)
 _USER_MASK = np.uint64((1 << 47) - 1)
+# PERF_CONTEXT_HV, KERNEL, USER, GUEST, GUEST_KERNEL, GUEST_USER
+_CONTEXTS = np.array([2**64 - 32, 2**64 - 128, 2**64 - 512, 2**64 - 2048, 2**64 - 2176, 2**64 - 2560],
+                     dtype=np.uint64)
 _MIX1 = np.uint64(0x9E3779B97F4A7C15)
 _MIX2 = np.uint64(0xC2B2AE3D27D4EB4F)
 
@@ -184,6 +188,7 @@ class Symbolizer:
         self.maps = self._maps(tables)
         self._elf: dict[str, _Elf] = {}
         self.comm = tables.get("comm")
+        self.invalid_callchains = 0
         self.fork = tables.get("fork")
 
     @staticmethod
@@ -342,7 +347,19 @@ class Symbolizer:
         uoffs = np.zeros(len(first) + 1, dtype=np.int64)
         np.cumsum(ucnt, out=uoffs[1:])
         take = np.repeat(offs[:-1][first] - uoffs[:-1], ucnt) + np.arange(int(uoffs[-1]), dtype=np.int64)
-        uflat, uoffs, uctx = strip_context(flat[take], uoffs)  # PERF_CONTEXT_* out, as perf script prints
+        raw = flat[take]
+        # perf drops a whole callchain holding a marker-range value that is no PERF_CONTEXT_* it knows
+        odd = (raw >= L.PERF_CONTEXT_MAX) & ~np.isin(raw, _CONTEXTS)
+        if odd.any():
+            rowof = np.repeat(np.arange(len(first)), ucnt)
+            bad_rows = np.unique(rowof[odd])
+            self.invalid_callchains += int(np.isin(inv, bad_rows).sum())
+            keep = ~np.isin(rowof, bad_rows)
+            raw = raw[keep]
+            ucnt = np.bincount(rowof[keep], minlength=len(first))
+            uoffs = np.zeros(len(first) + 1, dtype=np.int64)
+            np.cumsum(ucnt, out=uoffs[1:])
+        uflat, uoffs, uctx = strip_context(raw, uoffs)  # PERF_CONTEXT_* out, as perf script prints
         ucnt = np.diff(uoffs)
         upid = np.repeat(np.asarray(pid)[first], ucnt)
         ukern = (uctx == CTX_KERNEL) | ((uctx == 0) & (uflat >= KERNEL_START))

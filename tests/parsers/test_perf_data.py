@@ -24,7 +24,7 @@ from tracekit.symbols import Kallsyms
 DATA = Path(__file__).resolve().parents[1] / "data" / "perf"
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "perf"
 FIXTURES = ["host-contention.perf.data", "small_plain.data", "small_zstd.data", "small_threads.data",
-            "small_pipe.data", "small_sched.data"]
+            "small_pipe.data", "small_sched.data", "small_lost.data"]
 KERNEL = 0xFFFF800000000000
 
 
@@ -241,3 +241,16 @@ def test_kallsyms_from_a_trace_loaded_alongside():
     assert (names == "perf_event_ctx_lock_nested.isra.0").sum() > 1000
     bare = perf_data.read(DATA / "host-contention.perf.data")  # recorded on another kernel build: no kallsyms fits
     assert bare.metadata["kallsyms_source"] in ("none", "/proc/kallsyms")
+
+
+def test_lost_records_equal_perf_script_show_lost_events():
+    t, gold = _mine("small_lost.data"), _golden("small_lost.data")
+    want = gold.tables["lost"].sort(["ts", "cpu"])
+    got = t.tables["lost"].sort(["ts", "cpu"])
+    assert want.height > 10
+    assert got["lost"].cast(pl.Int64).to_list() == want["lost"].to_list()
+    assert got["cpu"].to_list() == want["cpu"].to_list()
+    assert got["ts"].to_list() == want["ts"].to_list()
+    assert t.lost_events.sort("cpu").equals(gold.lost_events.sort("cpu"))
+    per = t.metadata["lost_samples_per_event"]  # perf's end-of-run totals, as `perf report --stats` shows them
+    assert per["cpu-clock"] >= int(want["lost"].sum())

@@ -6,7 +6,7 @@ For every fixture in tests/data/perf/ this runs ``perf script`` with the kallsym
 for the small recordings made on this machine by record_fixtures.sh) and writes, zstd-compressed:
 
 * ``NAME.script.txt.zst``  ``perf script --ns -F comm,pid,tid,cpu,time,period,event,ip,sym,dso[,trace]`` (with
-  callchains when recorded);
+  callchains when recorded; ``--show-lost-events`` for small_lost.data);
 * ``NAME.kallsyms.zst``    the kallsyms lines the golden's kernel addresses need (every symbol at the highest start
   at or below each address), so the tests resolve kernel names without the recording machine;
 * a few other views of small_plain.data for the perf script reader: ``-G`` without callchains, ``-F tid,time,
@@ -39,6 +39,7 @@ FIXTURES = {
     "small_threads.data": "/proc/kallsyms",
     "small_pipe.data": "/proc/kallsyms",
     "small_sched.data": "/proc/kallsyms",
+    "small_lost.data": "/proc/kallsyms",
 }
 
 
@@ -93,7 +94,8 @@ def main() -> int:
             kfile = Path(tmp) / f"{name}.kallsyms"
             kfile.write_text(full)
             fields = FIELDS + (",trace" if "sched" in name else "")
-            golden = run(["perf", "script", "-i", str(fixture), "--ns", "--kallsyms", str(kfile), "-F", fields])
+            lost = ["--show-lost-events"] if "lost" in name else []
+            golden = run(["perf", "script", "-i", str(fixture), "--ns", "--kallsyms", str(kfile), "-F", fields, *lost])
             stem = name.removesuffix(".data").removesuffix(".perf")
             write_zst(HERE / f"{stem}.script.txt.zst", golden)
             write_zst(HERE / f"{stem}.kallsyms.zst", kallsyms_cut(full, golden))
