@@ -161,7 +161,7 @@ def _pattern(conv: Conversion) -> str:
     elif c == "c":
         core = r"(?s:.)?"
     elif c == "p" and not conv.ext:
-        core = r"\(nil\)|0x[0-9a-fA-F]+"
+        core = r"\(nil\)|(?:0x)?[0-9a-fA-F]+"     # the kernel's own %p has no 0x (hashed unless no_hash_pointers)
     else:
         core = r"(?s:.*?)"
     if conv.width and conv.width != 0 and c != "s" and core != r"(?s:.*?)":
