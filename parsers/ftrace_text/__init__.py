@@ -128,14 +128,14 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
     key = fmt.full_name
     if key not in parse_cache:
         parse_cache[key] = _info_parser(fmt, long_size)
-    if name in STACK_EVENTS and not info.str.starts_with("size=").any():
-        # "<stack trace >" / "": the frames come from the "=>" lines, nothing to invert
+    raw_rx, raw_fields = parse_cache.setdefault(("raw", key), raw_parser(fmt, long_size))
+    raw_m = info.str.contains(raw_rx) if schema else pl.Series([False] * len(info))
+    if (name in STACK_EVENTS and not info.str.starts_with("size=").any()) or raw_m.all():
+        # "<stack trace >" (the frames come from the "=>" lines) or all in -R form: no print fmt to invert
         fields = pl.DataFrame({c: pl.Series(c, [None] * len(info), dtype=t) for c, t in schema.items()})
     else:
         fields = parse_cache[key](info)
     failed = 0
-    raw_rx, raw_fields = parse_cache.setdefault(("raw", key), raw_parser(fmt, long_size))
-    raw_m = info.str.contains(raw_rx) if schema else pl.Series([False] * len(info))
     if raw_m.any():
         raw = pl.DataFrame({"info": info}).select(*[e.alias(n) for n, e in raw_fields(pl.col("info")).items()])
         for c in [c for c in raw.columns if c.startswith(HEX_BYTES)]:
@@ -275,7 +275,7 @@ def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int]
     data, compression = read_bytes(p, max_bytes)
     check_text(data, p)
     step(1)
-    lines = _lines.strip_quotes(lines_frame(data), data)
+    lines = _lines.strip_quotes(lines_frame(data))
     del data
     ev, stack_lines, others = _lines.classify(lines)
     md = _lines.metadata(others)

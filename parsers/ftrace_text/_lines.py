@@ -1,5 +1,5 @@
-"""Classify every line of a text trace at once (Polars regex over the whole column): event lines, stack frames,
-headers, lost-event marks, and lines that match nothing."""
+"""Classify every line of a text trace at once (Polars string expressions over the whole column, cheapest tests
+first): event lines, stack frames, headers, lost-event marks, and lines that match nothing."""
 
 from __future__ import annotations
 
@@ -27,15 +27,12 @@ _META = {
 }
 
 
-def strip_quotes(lines: pl.DataFrame, data: bytes | None = None) -> pl.DataFrame:
-    """Remove mail quote prefixes (only when some line carries one; ``data``, the raw text, makes that check a byte
-    search)."""
+def strip_quotes(lines: pl.DataFrame) -> pl.DataFrame:
+    """Remove mail quote prefixes (``>`` at the start of a line or after one blank), only when some line has one."""
     line = pl.col("line")
     if not lines.select((line.str.starts_with(">") | line.str.starts_with(" >")).any()).item():
         return lines
-    if lines.height and lines["line"].str.strip_chars_start(" \t").str.starts_with(">").any():
-        return lines.with_columns(pl.col("line").str.replace(QUOTE, ""))
-    return lines
+    return lines.with_columns(line.str.replace(QUOTE, ""))
 
 
 def metadata(others: pl.DataFrame) -> dict[str, object]:
@@ -59,7 +56,6 @@ def metadata(others: pl.DataFrame) -> dict[str, object]:
 HEAD = (r"^\s*(?:(?P<comm>\S.*?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>\d+|-+)\)\s+)?\[(?P<cpu>\d+)\]\s*"
         r"(?:(?P<flags>[.A-Za-z0-9]{4,5})\s+)?)?(?P<ts>\d+\.\d+|\d+)$")
 _NAME = r"^[A-Za-z_][\w.+-]*$"
-_FUNC = r"^(?P<func>[A-Za-z_.$][\w.$]*)\s+<-(?P<parent>\S*)\s*$"
 
 
 def classify(lines: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
