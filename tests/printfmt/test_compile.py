@@ -162,3 +162,13 @@ def test_kernel_stack_from_text_input_prints_caller_names() -> None:
     df = pl.DataFrame({"size": [2], "caller": [None], "callers": [["f", "g"]]},
                       schema={"size": pl.Int32, "caller": pl.List(pl.UInt64), "callers": pl.List(pl.String)})
     assert render_event(df, fmt).to_list() == ["\t=> f\n\t=> g" + "\n\t=> 0x0" * 6]
+
+
+def test_network_address_conversions() -> None:
+    # print_mac_arg: %pM "xx:xx:…", %pm without separators; print_ip4_addr: %pI4 dotted decimal
+    fmt = _fmt("\tfield:unsigned char mac[6];\toffset:8;\tsize:6;\tsigned:0;\n"
+               "\tfield:unsigned char ip[4];\toffset:14;\tsize:4;\tsigned:0;",
+               '"%pM %pm %pI4", REC->mac, REC->mac, REC->ip')
+    df = pl.DataFrame({"mac": [[0, 0x1B, 0x21, 0xA, 0xB, 0xFF]], "ip": [[192, 168, 0, 1]]},
+                      schema={"mac": pl.List(pl.UInt8), "ip": pl.List(pl.UInt8)})
+    assert render_event(df, fmt).to_list() == ["00:1b:21:0a:0b:ff 001b210a0bff 192.168.0.1"]

@@ -750,7 +750,9 @@ class Compiler:
             return col.list.head(6).list.eval(hex_expr(pl.element()).str.pad_start(2, "0")).list.join(sep)
         if e[1:2] == "4":
             return col.list.head(4).list.eval(pl.element().cast(pl.String)).list.join(".")
-        return col.list.head(16).list.eval(hex_expr(pl.element()).str.pad_start(2, "0")).list.join("")
+        # %pI6: eight groups of two bytes as 4 hex digits (the compressed %pI6c form is not reproduced)
+        pairs = col.list.head(16).list.eval(hex_expr(pl.element()).str.pad_start(2, "0")).list.join("")
+        return pairs.str.replace_all(r"([0-9a-f]{4})", "${1}:").str.strip_suffix(":")
 
     def conversion(self, conv: Conversion, n: Node, width: Node | None = None) -> pl.Expr:
         """The text of one conversion applied to argument ``n`` (``width`` is the ``*`` argument, if any)."""
