@@ -285,13 +285,21 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
         ps = build_pageset(parts, page_size, path, damage, fill)
         recs = walk(ps, page_size, long_size, info.big_endian, path)
         damage.extend(recs.damage)
-        cols.append((recs.data + base, recs.length, _to_ns(recs.ts, md), ps.cpu[recs.page], ps.group[recs.page]))
+        if base:
+            recs.data += base
+        cols.append((recs.data, recs.length, _to_ns(recs.ts, md), ps.cpu[recs.page].astype(np.int16),
+                     ps.group[recs.page].astype(np.int16)))
         lost_rows.append((ps.cpu, ps.group, recs.lost))
+        del recs
         bufs.append(ps.buf)
         base += len(ps.buf)
     buf = np.concatenate(bufs) if len(bufs) > 1 else (bufs[0] if bufs else np.zeros(16, np.uint8))
-    data, length, ts, cpu, group = (np.concatenate([c[i] for c in cols]) if cols else np.zeros(0, np.int64)
-                                    for i in range(5))
+    if len(cols) == 1:
+        data, length, ts, cpu, group = cols[0]
+    else:
+        data, length, ts, cpu, group = (np.concatenate([c[i] for c in cols]) if cols else np.zeros(0, np.int64)
+                                        for i in range(5))
+    del cols
     u32 = buf[: len(buf) // 4 * 4].view(">u4" if info.big_endian else "<u4")
     word = u32[data >> 2] if len(data) else np.zeros(0, np.uint32)
     ids = ((word >> 16) if info.big_endian else (word & 0xFFFF)).astype(np.uint16)

@@ -190,22 +190,27 @@ def walk(ps: PageSet, page_size: int, long_size: int, big: bool, path: str) -> R
             ok = is_ev & ~broken
         else:
             ok = is_ev
-        out_page.append(p[ok])
+        out_page.append(p[ok].astype(np.int32))
         out_data.append(doff[ok])
-        out_len.append(dlen[ok])
+        out_len.append(dlen[ok].astype(np.int32))
         out_ts.append(cur[ok])
         keep = nxt < end
         if broken is not None:
             keep &= ~broken
         p, off, end, cur = p[keep], nxt[keep], end[keep], cur[keep]
-    page = _cat(out_page, np.int64)
+    page = _cat(out_page, np.int32)
     data = _cat(out_data, np.int64)
-    length = _cat(out_len, np.int64)
+    length = _cat(out_len, np.int32)
     rts = _cat(out_ts, np.uint64)
     if reason:
         drop = bad[page]
         page, data, length, rts = page[~drop], data[~drop], length[~drop], rts[~drop]
     order = np.argsort(page, kind="stable")
+    page = page[order]
+    data = data[order]
+    length = length[order]
+    rts = rts[order]
+    del order
     damage = [_page_error(ps, i, page_size, path, "a valid ring-buffer page", r) for i, r in sorted(reason.items())]
     lost[bad] = 0
-    return Records(page[order], data[order], length[order].astype(np.int32), rts[order], lost, damage)
+    return Records(page, data, length, rts, lost, damage)
