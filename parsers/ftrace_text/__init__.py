@@ -130,18 +130,22 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
         parse_cache[key] = _info_parser(fmt, long_size)
     raw_rx, raw_fields = parse_cache.setdefault(("raw", key), raw_parser(fmt, long_size))
     raw_m = info.str.contains(raw_rx) if schema else pl.Series([False] * len(info))
-    if (name in STACK_EVENTS and not info.str.starts_with("size=").any()) or raw_m.all():
-        # "<stack trace >" (the frames come from the "=>" lines) or all in -R form: no print fmt to invert
-        fields = pl.DataFrame({c: pl.Series(c, [None] * len(info), dtype=t) for c, t in schema.items()})
-    else:
-        fields = parse_cache[key](info)
-    failed = 0
+    raw = None
     if raw_m.any():
         raw = pl.DataFrame({"info": info}).select(*[e.alias(n) for n, e in raw_fields(pl.col("info")).items()])
         for c in [c for c in raw.columns if c.startswith(HEX_BYTES)]:
             n = c[len(HEX_BYTES):]
             raw = raw.with_columns(words_from_hex(raw[c], fmt.field(n).element_size(long_size), schema[n]).alias(n)) \
                 .drop(c)
+    nulls = pl.DataFrame({c: pl.Series(c, [None] * len(info), dtype=t) for c, t in schema.items()})
+    if name in STACK_EVENTS and raw is None:
+        fields = nulls   # "<stack trace >": the frames come from the "=>" lines, nothing to invert
+    elif raw is not None and raw_m.all() and not any(raw[c].null_count() for c in raw.columns):
+        fields = nulls   # every line in -R form, every value read: no print fmt to invert
+    else:
+        fields = parse_cache[key](info)
+    failed = 0
+    if raw is not None:
         fields = fields.with_columns([pl.when(raw_m).then(pl.coalesce(raw[n], fields[n])).otherwise(fields[n])
                                       .alias(n) for n in raw.columns])
     handler = _plugins.HANDLERS.get(name)
