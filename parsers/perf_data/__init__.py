@@ -418,20 +418,16 @@ class _Reader:
         return None, "none"
 
 
-_PROC: dict[str, Kallsyms] = {}
+_KALLSYMS_LINE = r"^([0-9a-fA-F]+)\s+(\S)\s+(\S+)(?:\s+\[(\S+)\])?"
 
 
 def _proc_kallsyms() -> Kallsyms:
-    """/proc/kallsyms, parsed once per boot of this machine."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            key = f.read().strip()
-    except OSError:
-        key = "?"
-    if key not in _PROC:
-        _PROC.clear()
-        _PROC[key] = Kallsyms.from_file("/proc/kallsyms")
-    return _PROC[key]
+    """/proc/kallsyms, split column-wise by Polars (the 120k-line file in a fraction of a second)."""
+    with open("/proc/kallsyms", errors="replace") as f:
+        lines = pl.Series("l", f.read().splitlines())
+    g = lines.str.extract_groups(_KALLSYMS_LINE).struct.unnest().drop_nulls("1")
+    return Kallsyms(g["1"].str.to_integer(base=16, dtype=pl.UInt64).to_numpy(), g["3"].to_numpy(),
+                    g["2"].to_numpy(), g["4"].fill_null("").to_numpy())
 
 
 def read(path: str | os.PathLike, *, kallsyms=None, progress: Callable[[int, int], None] | None = None,

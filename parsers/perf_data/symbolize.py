@@ -64,14 +64,14 @@ def _symtab(elf, name: str):
 
 def _debug_file(elf) -> str | None:
     """``/usr/lib/debug/.build-id/xx/yyyy.debug`` of the file's GNU build id, when installed."""
-    for sec in elf.iter_sections():
-        if sec["sh_type"] != "SHT_NOTE":
-            continue
-        for note in sec.iter_notes():
-            if note["n_type"] == "NT_GNU_BUILD_ID":
-                bid = note["n_desc"]
-                path = f"/usr/lib/debug/.build-id/{bid[:2]}/{bid[2:]}.debug"
-                return path if os.path.isfile(path) else None
+    sec = elf.get_section_by_name(".note.gnu.build-id")
+    if sec is None or sec["sh_type"] != "SHT_NOTE":
+        return None
+    for note in sec.iter_notes():
+        if note["n_type"] == "NT_GNU_BUILD_ID":
+            bid = note["n_desc"]
+            path = f"/usr/lib/debug/.build-id/{bid[:2]}/{bid[2:]}.debug"
+            return path if os.path.isfile(path) else None
     return None
 
 
@@ -98,8 +98,8 @@ class _Elf:
                 self.segs = list(zip(ph["p_offset"].tolist(), ph["p_filesz"].tolist(), ph["p_vaddr"].tolist(),
                                      strict=True))
                 found = _symtab(elf, ".symtab")
-                debug = _debug_file(elf)
-                if found is None and debug:  # perf reads the build-id debug file (e.g. libc6-dbg) first
+                debug = _debug_file(elf) if found is None else None
+                if debug:  # perf reads the build-id debug file (e.g. libc6-dbg) first
                     with open(debug, "rb") as g:
                         found = _symtab(ELFFile(g), ".symtab")
                 if found is None:
