@@ -60,6 +60,7 @@ def _metadata(info: FileInfo) -> dict:
         "page_size": info.page_size, "compression": info.compression,
         "compression_version": info.compression_version or None, "cpus": info.cpus, "cpustats": [],
         "guests": [], "options": [], "header_page": info.header_page, "header_event": info.header_event,
+        "sections": info.sections,
     }
     for oid, data in info.options:
         name = L.OPTION_NAMES.get(oid, f"option_{oid}")

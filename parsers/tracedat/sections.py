@@ -116,7 +116,7 @@ class FileInfo:
     cpus: int = 0
     options: list[tuple[int, bytes]] = field(default_factory=list)
     buffers: list[Buffer] = field(default_factory=list)
-    sections: list[tuple[int, int, str]] = field(default_factory=list)
+    sections: list[dict] = field(default_factory=list)
 
 
 def _read_initial(b: Blob) -> tuple[FileInfo, int]:
@@ -275,6 +275,40 @@ _SECTION_READERS = {
 }
 
 
+def _scan_sections(b: Blob, off: int, info: FileInfo) -> None:
+    """Walk the v7 section headers from the first one (as trace-cmd's read_metadata_strings() does), collect the
+    STRINGS sections and name every section by its description string. A damaged chain just ends the walk."""
+    strings = b""
+    found = []
+    for _ in range(4096):
+        if off + L.SECTION_HEADER.itemsize > b.size:
+            break
+        sh = b.rec(off, L.SECTION_HEADER, "a section header")
+        sid, flags, size = int(sh["id"]), int(sh["flags"]), int(sh["size"])
+        start = off + L.SECTION_HEADER.itemsize
+        if sid > 64 or start + size > b.size:
+            break
+        found.append({"id": sid, "offset": off, "flags": flags, "size": size, "string_id": int(sh["string_id"])})
+        if sid == L.SEC_STRINGS:
+            try:
+                if flags & L.SECTION_FL_COMPRESS:
+                    ch = b.rec(start, L.COMPRESSION_HEADER, "a compression header")
+                    strings += decompress(info.compression, b.take(start + 8, int(ch["compressed_size"]),
+                                                                   "compressed strings"),
+                                          int(ch["uncompressed_size"]), b.path, start)
+                else:
+                    strings += b.take(start, size, "the strings section")
+            except (ParseError, UnsupportedFormatError):
+                break
+        off = start + size
+    for sec in found:
+        sid = sec.pop("string_id")
+        end = strings.find(b"\0", sid)
+        sec["description"] = strings[sid:end].decode("utf-8", "replace") if 0 <= sid < len(strings) and end >= 0 \
+            else None
+    info.sections = found
+
+
 def _read_v7(b: Blob, off: int, info: FileInfo) -> None:
     info.compression, off = b.cstr(off, "compression name", limit=64)
     info.compression_version, off = b.cstr(off, "compression version", limit=64)
@@ -282,6 +316,7 @@ def _read_v7(b: Blob, off: int, info: FileInfo) -> None:
         raise UnsupportedFormatError(b.path, f"unknown compression {info.compression!r}: expected one of "
                                              f"{_COMPRESSIONS}", off)
     nxt = b.num(off, 8, "the offset of the first options section")
+    _scan_sections(b, off + 8, info)
     seen: set[int] = set()
     while nxt:
         if nxt in seen:

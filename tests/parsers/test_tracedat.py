@@ -180,6 +180,10 @@ def test_metadata_formats_symbols(tmp_dir):
     assert isinstance(full["trace_id"], int) and full["cpustats"] and "[local]" in full["trace_clocks"]
     assert {o["name"] for o in full["options"]} >= {"uname", "version", "traceclock", "cpustat", "buffer",
                                                      "cpucount", "traceid"}
+    # the v7 section chain named through the strings section, as `trace-cmd dump --sections` lists it
+    secs = [(s["id"], s["description"]) for s in full["sections"]]
+    assert (19, "kallsyms") in secs and (15, "strings") in secs and (3, "buffer flyrecord tk_irq") in secs
+    assert [s["id"] for s in full["sections"]][:6] == [16, 17, 18, 19, 20, 21]
     assert md["printk_formats"] and all(isinstance(k, int) and isinstance(v, str)
                                         for k, v in md["printk_formats"].items())
     cmd = tr.tables["cmdlines"]
