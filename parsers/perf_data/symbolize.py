@@ -62,53 +62,97 @@ def _symtab(elf, name: str):
     return np.frombuffer(tab.data(), dtype=_ELF64_SYM).copy(), elf.get_section(tab["sh_link"]).data()
 
 
-def _debug_file(elf) -> str | None:
-    """``/usr/lib/debug/.build-id/xx/yyyy.debug`` of the file's GNU build id, when installed."""
-    sec = elf.get_section_by_name(".note.gnu.build-id")
-    if sec is None or sec["sh_type"] != "SHT_NOTE":
+_ELF64_SHDR = np.dtype([("sh_name", "<u4"), ("sh_type", "<u4"), ("sh_flags", "<u8"), ("sh_addr", "<u8"),
+                        ("sh_offset", "<u8"), ("sh_size", "<u8"), ("sh_link", "<u4"), ("sh_info", "<u4"),
+                        ("sh_addralign", "<u8"), ("sh_entsize", "<u8")])
+_SHT_SYMTAB, _SHT_NOTE, _SHT_DYNSYM = 2, 7, 11
+_NT_GNU_BUILD_ID = 3
+
+
+class _Elf64:
+    """Just enough of a 64-bit little-endian ELF file, read through numpy views: program and section headers,
+    section contents by name, the GNU build id. Other ELF kinds go through pyelftools."""
+
+    def __init__(self, f):
+        self.f = f
+        h = f.read(64)
+        if len(h) < 64 or h[:4] != b"\x7fELF" or h[4] != 2 or h[5] != 1:
+            raise ValueError("not a 64-bit little-endian ELF")
+        phoff, shoff = (int.from_bytes(h[o:o + 8], "little") for o in (0x20, 0x28))
+        phnum, shnum, shstrndx = (int.from_bytes(h[o:o + 2], "little") for o in (0x38, 0x3C, 0x3E))
+        self.ph = self._array(phoff, phnum, _ELF64_PHDR)
+        self.sh = self._array(shoff, shnum, _ELF64_SHDR)
+        names = self.data(int(shstrndx)) if shstrndx < len(self.sh) else b""
+        self.names = {names[n:names.find(b"\0", n)].decode("latin-1"): i
+                      for i, n in enumerate(self.sh["sh_name"].tolist())}
+
+    def _array(self, off: int, n: int, dt: np.dtype) -> np.ndarray:
+        self.f.seek(off)
+        raw = self.f.read(n * dt.itemsize)
+        return np.frombuffer(raw[: len(raw) // dt.itemsize * dt.itemsize], dtype=dt)
+
+    def data(self, i: int) -> bytes:
+        s = self.sh[i]
+        if s["sh_type"] == 8:  # SHT_NOBITS
+            return b""
+        self.f.seek(int(s["sh_offset"]))
+        return self.f.read(int(s["sh_size"]))
+
+    def symtab(self, name: str):
+        i = self.names.get(name)
+        if i is None or self.sh[i]["sh_type"] not in (_SHT_SYMTAB, _SHT_DYNSYM):
+            return None
+        raw = self.data(i)
+        if not raw:
+            return None
+        syms = np.frombuffer(raw[: len(raw) // _ELF64_SYM.itemsize * _ELF64_SYM.itemsize], dtype=_ELF64_SYM)
+        return syms.copy(), self.data(int(self.sh[i]["sh_link"]))
+
+    def build_id(self) -> str | None:
+        i = self.names.get(".note.gnu.build-id")
+        if i is None:
+            return None
+        d = self.data(i)
+        pos = 0
+        while pos + 12 <= len(d):
+            namesz, descsz, typ = (int.from_bytes(d[pos + k:pos + k + 4], "little") for k in (0, 4, 8))
+            name_end = pos + 12 + (namesz + 3) // 4 * 4
+            if typ == _NT_GNU_BUILD_ID:
+                return d[name_end:name_end + descsz].hex()
+            pos = name_end + (descsz + 3) // 4 * 4
         return None
-    for note in sec.iter_notes():
-        if note["n_type"] == "NT_GNU_BUILD_ID":
-            bid = note["n_desc"]
-            path = f"/usr/lib/debug/.build-id/{bid[:2]}/{bid[2:]}.debug"
-            return path if os.path.isfile(path) else None
-    return None
 
 
 class _Elf:
-    """Function symbols of one ELF file (``.symtab``, else ``.dynsym``), addressed by file offset. pyelftools reads
-    the section and segment headers; the symbol tables themselves are viewed as numpy arrays."""
+    """Function symbols of one ELF file (``.symtab``, else that of its build-id debug file, else ``.dynsym``),
+    addressed by file offset. 64-bit little-endian files are read with numpy views (:class:`_Elf64`), others
+    with pyelftools."""
 
     def __init__(self, path: str):
         self.ok = False
-        try:
-            from elftools.common.exceptions import ELFError
-            from elftools.elf.elffile import ELFFile
-        except ImportError:
-            return
+        found = None
         try:
             with open(path, "rb") as f:
-                elf = ELFFile(f)
-                if elf.elfclass != 64 or not elf.little_endian:
-                    return
-                eh = elf.header  # program headers as one numpy view (pyelftools' segments parse .dynamic)
-                f.seek(eh["e_phoff"])
-                ph = np.frombuffer(f.read(eh["e_phnum"] * _ELF64_PHDR.itemsize), dtype=_ELF64_PHDR)
-                ph = ph[ph["p_type"] == _PT_LOAD]
+                e = _Elf64(f)
+                ph = e.ph[e.ph["p_type"] == _PT_LOAD]
                 self.segs = list(zip(ph["p_offset"].tolist(), ph["p_filesz"].tolist(), ph["p_vaddr"].tolist(),
                                      strict=True))
-                found = _symtab(elf, ".symtab")
-                debug = _debug_file(elf) if found is None else None
-                if debug:  # perf reads the build-id debug file (e.g. libc6-dbg) first
-                    with open(debug, "rb") as g:
-                        found = _symtab(ELFFile(g), ".symtab")
+                found = e.symtab(".symtab")
+                if found is None:  # perf reads the build-id debug file (e.g. libc6-dbg) next
+                    bid = e.build_id()
+                    debug = f"/usr/lib/debug/.build-id/{bid[:2]}/{bid[2:]}.debug" if bid else None
+                    if debug and os.path.isfile(debug):
+                        with open(debug, "rb") as g:
+                            found = _Elf64(g).symtab(".symtab")
                 if found is None:
-                    found = _symtab(elf, ".dynsym")
-                if found is None:
-                    return
-                syms, strtab = found
-        except (OSError, ELFError, ValueError, KeyError, IndexError):
+                    found = e.symtab(".dynsym")
+        except ValueError:
+            found = self._pyelftools(path)
+        except (OSError, IndexError, KeyError):
             return
+        if found is None:
+            return
+        syms, strtab = found
         kind = syms["st_info"] & 0xF
         syms = syms[((kind == _STT_FUNC) | (kind == _STT_GNU_IFUNC)) & (syms["st_value"] != 0)]
         syms = syms[np.argsort(syms["st_value"], kind="stable")]
@@ -122,6 +166,23 @@ class _Elf:
         nxt = np.append(self.starts[1:], np.uint64(2**64 - 1))
         self.ends = np.where(sizes > 0, self.starts + sizes, nxt)
         self.ok = len(self.starts) > 0
+
+    def _pyelftools(self, path: str):
+        try:
+            from elftools.common.exceptions import ELFError
+            from elftools.elf.elffile import ELFFile
+        except ImportError:
+            return None
+        try:
+            with open(path, "rb") as f:
+                elf = ELFFile(f)
+                if elf.elfclass != 64 or not elf.little_endian:
+                    return None  # the symbol views below are Elf64 little-endian
+                self.segs = [(s["p_offset"], s["p_filesz"], s["p_vaddr"]) for s in elf.iter_segments()
+                             if s["p_type"] == "PT_LOAD"]
+                return _symtab(elf, ".symtab") or _symtab(elf, ".dynsym")
+        except (OSError, ELFError, ValueError, KeyError, IndexError):
+            return None
 
     def lookup(self, file_off: np.ndarray) -> np.ndarray:
         """Function names at file offsets (``[unknown]`` where none covers the address)."""
