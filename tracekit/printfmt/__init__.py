@@ -1,8 +1,9 @@
 """Event print formats: a pyparsing grammar of ``print fmt:``, its compilation to Polars expressions, rendering as
 libtraceevent does, symbolic columns, and the inversion of rendered text back into fields.
 
-Modules: :mod:`.grammar` (the grammar and AST), :mod:`.compile` (AST → Polars expressions, libtraceevent's
-evaluation rules), :mod:`.render` (``render_trace``, ``symbolic_columns``), :mod:`.invert` (``info_parser``).
+Modules: :mod:`.grammar` (the grammar and AST), :mod:`.values` (libtraceevent's value rules and function map),
+:mod:`.compile` (AST → Polars expressions), :mod:`.render` (``render_trace``, ``symbolic_columns``), :mod:`.invert`
+(``info_parser``).
 """
 
 from .grammar import PrintFmt, parse_conversions, parse_expr, parse_print_fmt

@@ -31,8 +31,9 @@ import polars as pl
 
 from ..errors import ParseError
 from ..formats import EventFormat
-from .compile import Compiler, _cast_mask, _fold
+from .compile import Compiler
 from .grammar import Binary, Call, Cast, Cond, Conversion, Field, Node, Num, Str, parse_conversions, parse_print_fmt
+from .values import _cast_mask, _fold
 
 __all__ = ["info_parser"]
 

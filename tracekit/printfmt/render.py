@@ -16,8 +16,9 @@ from typing import Any
 import polars as pl
 
 from ..formats import EventFormat
-from .compile import SYMBOLIC_HELPERS, Compiler, FuncTable, failed_reason, hex_expr
+from .compile import Compiler
 from .grammar import Call, Cond, Field, Node, PrintFmt, parse_conversions, parse_print_fmt
+from .values import SYMBOLIC_HELPERS, FuncTable, failed_reason, hex_expr
 
 __all__ = ["render_trace", "render_event", "symbolic_columns", "RENDER_SCHEMA"]
 
