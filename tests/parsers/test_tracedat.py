@@ -128,7 +128,7 @@ def compare_event(tr: tracekit.Trace, name: str, rows: list) -> int:
                 assert wi is not None and (wi - g) % (1 << (8 * widths[c])) == 0, (name, c, ts, g, w)
         if stack:  # trace-cmd -R prints caller as the format's 8 words, whatever size says
             words = bytes(int(x, 16) for x in re.findall(r"[0-9a-f]{2}", vals["caller"].split("[", 1)[1]))
-            printed = np.frombuffer(words, "<u8").tolist()
+            printed = np.frombuffer(words, ">u8" if tr.metadata["endianness"] == "big" else "<u8").tolist()
             n = min(rec["size"], len(printed))
             assert rec["caller"][:n] == printed[:n], (ts, rec["caller"], printed)
             assert len(rec["caller"]) == rec["size"]
@@ -295,3 +295,29 @@ def test_bprint_arguments_follow_vbin_printf():
     assert text == "x=-5 s=abc f=fn+0x10 n=7% c=z w= 2a\n"
     be = (42).to_bytes(4, "big") + b"hi\0"
     assert format_args("%u %s|%5d|", be + b"\0" + (9).to_bytes(4, "big"), 8, True) == "42 hi|    9|"
+
+
+def test_reencodings_and_time_options_match_trace_cmd(tmp_dir):
+    """trace-cmd itself reads the big-endian / 4-byte-long re-encodings, and applies TSC2NSEC and OFFSET options:
+    every event and field must equal what it prints."""
+    if shutil.which("trace-cmd") is None:
+        pytest.skip("trace-cmd not installed: re-encodings cannot be checked against it")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tracedat_reencode import reencode
+
+    src = fixture_path("contention_v7_none.dat.zst", tmp_dir)
+    tsc = (3).to_bytes(4, "big") + (1).to_bytes(4, "big") + (0).to_bytes(8, "big")  # ts * 3 >> 1
+    for big, long_size, opts in ((True, 8, ()), (False, 4, ()), (True, 4, ((14, tsc), (7, b"1000000007\0")))):
+        dst = tmp_dir / f"oracle_{int(big)}_{long_size}_{len(opts)}.dat"
+        reencode(src, dst, big=big, long_size=long_size, options=opts)
+        text = subprocess.run(["trace-cmd", "report", "-R", "-t", "-N", str(dst)], capture_output=True, text=True,
+                              errors="replace", check=True).stdout
+        tr = tracekit.load(dst)
+        events, _ = parse_golden(text, [""])
+        assert events and sorted(events) == sorted(tr.event_names)
+        assert sum(compare_event(tr, ev, rows) for ev, rows in events.items()) == tr.total_events
+        if opts:
+            assert tr.metadata["tsc2nsec"] == {"mult": 3, "shift": 1, "offset": 0}
+            assert tr.metadata["offset"] == "1000000007"

@@ -60,8 +60,10 @@ def _swap_fields(payload: bytearray, fmt, long_size_src: int) -> None:
             rev(f.offset, f.size)
 
 
-def reencode(src: Path, dst: Path, *, big: bool, long_size: int) -> dict[str, int]:
-    """Write ``src`` (little-endian, 8-byte long) as a v6 ``dst`` in the target layout.
+def reencode(src: Path, dst: Path, *, big: bool, long_size: int,
+             options: tuple[tuple[int, bytes], ...] = ()) -> dict[str, int]:
+    """Write ``src`` (little-endian, 8-byte long) as a v6 ``dst`` in the target layout, with ``options`` (id, data)
+    added after UNAME.
 
     Returns:
         The number of records turned into padding, per ``system:event``.
@@ -96,7 +98,10 @@ def reencode(src: Path, dst: Path, *, big: bool, long_size: int) -> dict[str, in
     top = info.buffers[0]
     out += _num(len(top.cpus), 4, big)
     uname = b"Linux re-encoded\0"
-    out += b"options  \0" + _num(L.OPT_UNAME, 2, big) + _num(len(uname), 4, big) + uname + _num(0, 2, big)
+    out += b"options  \0" + _num(L.OPT_UNAME, 2, big) + _num(len(uname), 4, big) + uname
+    for oid, data in options:
+        out += _num(oid, 2, big) + _num(len(data), 4, big) + data
+    out += _num(0, 2, big)
     out += b"flyrecord\0"
     table_at = len(out)
     out += bytes(16 * len(top.cpus))
