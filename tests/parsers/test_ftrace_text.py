@@ -212,3 +212,18 @@ def test_cut_and_flipped_text_never_raises_anything_else(tmp_path):
         except TracekitError:
             continue
         assert tr.unparsed_lines is not None
+
+
+def test_function_tracer_lines(tmp_path):
+    """The function tracer's tracefs form (`func <-parent`, no event name). This kernel refuses the function tracer,
+    so the lines are written here in the layout of kernel/trace/trace_output.c (trace_fn_trace)."""
+    p = tmp_path / "fn.txt"
+    p.write_text("# tracer: function\n"
+                 "   CPU 0/KVM-4001    [000] d..1.   100.000001: kvm_pmu_deliver_pmi <-kvm_pmu_handle_event\n"
+                 "   CPU 0/KVM-4001    [000] d..1.   100.000002: __mutex_lock.constprop.0 <-perf_event_ctx_lock_nested.isra.0\n")
+    tr = tracekit.load(p)
+    fn = tr.events("function")
+    assert tr.metadata["tracer"] == "function" and tr.unparsed_lines.height == 0
+    assert fn["ip_sym"].to_list() == ["kvm_pmu_deliver_pmi", "__mutex_lock.constprop.0"]
+    assert fn["parent_ip_sym"].to_list() == ["kvm_pmu_handle_event", "perf_event_ctx_lock_nested.isra.0"]
+    assert fn["common_comm"].to_list() == ["CPU 0/KVM"] * 2 and fn["ip"].null_count() == 2
