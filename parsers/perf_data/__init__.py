@@ -418,16 +418,17 @@ class _Reader:
         return None, "none"
 
 
-_KALLSYMS_LINE = r"^([0-9a-fA-F]+)\s+(\S)\s+(\S+)(?:\s+\[(\S+)\])?"
-
-
 def _proc_kallsyms() -> Kallsyms:
-    """/proc/kallsyms, split column-wise by Polars (the 120k-line file in a fraction of a second)."""
+    """/proc/kallsyms (``ADDR TYPE NAME[\t[MODULE]]`` lines), split column-wise by Polars."""
     with open("/proc/kallsyms", errors="replace") as f:
         lines = pl.Series("l", f.read().splitlines())
-    g = lines.str.extract_groups(_KALLSYMS_LINE).struct.unnest().drop_nulls("1")
-    return Kallsyms(g["1"].str.to_integer(base=16, dtype=pl.UInt64).to_numpy(), g["3"].to_numpy(),
-                    g["2"].to_numpy(), g["4"].fill_null("").to_numpy())
+    g = lines.str.split_exact(" ", 2).struct.unnest()
+    rest = g["field_2"].str.split_exact("\t", 1).struct.unnest()
+    addrs = g["field_0"].str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+    ok = addrs.is_not_null() & rest["field_0"].is_not_null() & g["field_1"].is_not_null()
+    mods = rest["field_1"].str.strip_chars("[] ").fill_null("")
+    return Kallsyms(addrs.filter(ok).to_numpy(), rest["field_0"].filter(ok).to_numpy(),
+                    g["field_1"].filter(ok).to_numpy(), mods.filter(ok).to_numpy())
 
 
 def read(path: str | os.PathLike, *, kallsyms=None, progress: Callable[[int, int], None] | None = None,

@@ -428,11 +428,15 @@ class Symbolizer:
         urow = np.repeat(np.arange(len(first), dtype=np.int64), ucnt)
         lists = (pl.DataFrame({"row": urow, "callchain": usym, "callchain_ip": pl.Series(uflat, dtype=pl.UInt64)})
                  .group_by("row", maintain_order=True).agg("callchain", "callchain_ip"))
-        full = pl.DataFrame({"row": np.arange(len(first), dtype=np.int64)}).join(lists, on="row", how="left",
-                                                                                maintain_order="left")
-        idx = pl.Series(inv.astype(np.int64)[order])
-        return (full["callchain"].fill_null([]).gather(idx).alias("callchain"),
-                full["callchain_ip"].fill_null([]).gather(idx).alias("callchain_ip"))
+        # stacks left empty get the one empty list appended after the grouped ones
+        empty = pl.DataFrame({"row": [-1], "callchain": [[]], "callchain_ip": [[]]},
+                             schema={"row": pl.Int64, "callchain": pl.List(pl.String),
+                                     "callchain_ip": pl.List(pl.UInt64)})
+        full = pl.concat([lists, empty], rechunk=True)
+        where = np.full(len(first), lists.height, dtype=np.int64)
+        where[lists["row"].to_numpy()] = np.arange(lists.height)
+        idx = pl.Series(where[inv[order]])
+        return full["callchain"].gather(idx), full["callchain_ip"].gather(idx)
 
     def _comm(self, df: pl.DataFrame) -> pl.DataFrame:
         if "tid" not in df.columns:
