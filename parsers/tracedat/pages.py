@@ -9,6 +9,7 @@ step reads the next record header of every page at once, so the Python loop runs
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,15 +69,29 @@ def build_pageset(parts: list[tuple[int, int, list, int, bool]], page_size: int,
     sizes = [sum(ch[2] for ch in chunks) for _g, _c, chunks, _o, _z in parts]
     padded = [-(-n // page_size) * page_size for n in sizes]
     buf = np.zeros(sum(padded) + 16, np.uint8)
+    at = np.concatenate([[0], np.cumsum(padded)]).astype(np.int64) if padded else np.zeros(1, np.int64)
+
+    def one(i: int) -> ParseError | None:
+        try:
+            fill(parts[i][2], buf[at[i]:at[i] + padded[i]], parts[i][4])
+        except ParseError as exc:
+            return exc
+        return None
+
+    # each CPU's chunks are decompressed/copied in their own thread (zstd and memcpy release the GIL)
+    if len(parts) > 1:
+        with ThreadPoolExecutor(2) as pool:
+            errors = list(pool.map(one, range(len(parts))))
+    else:
+        errors = [one(i) for i in range(len(parts))]
     starts, cpus, groups = [], [], []
     where = []
-    pos = 0
-    for (g, cpu, chunks, off, comp), n, room in zip(parts, sizes, padded, strict=True):
-        try:
-            fill(chunks, buf[pos:pos + room], comp)
-        except ParseError as exc:
-            damage.append(exc)
+    for i, ((g, cpu, _chunks, off, comp), n, room) in enumerate(zip(parts, sizes, padded, strict=True)):
+        if errors[i] is not None:
+            damage.append(errors[i])
+            buf[at[i]:at[i] + room] = 0
             continue
+        pos = int(at[i])
         whole = n // page_size
         if n % page_size:
             damage.append(ParseError(path, off + (0 if comp else whole * page_size),
@@ -87,7 +102,6 @@ def build_pageset(parts: list[tuple[int, int, list, int, bool]], page_size: int,
         cpus.append(np.full(whole, cpu, np.int32))
         groups.append(np.full(whole, g, np.int32))
         where.append((off, whole, cpu, comp))
-        pos += room
     return PageSet(buf, _cat(starts, np.int64), _cat(cpus, np.int32), _cat(groups, np.int32), where)
 
 
@@ -113,17 +127,36 @@ def _page_error(ps: PageSet, page: int, page_size: int, path: str, what: str, fo
     return ParseError(path, None, what, found)
 
 
-def walk(ps: PageSet, page_size: int, long_size: int, big: bool, path: str) -> Records:
+def walk(ps: PageSet, page_size: int, long_size: int, big: bool, path: str, threads: int = 2) -> Records:
     """Decode every record header of every page; returns the event records and the lost-event flags.
 
-    A page whose commit or record headers are inconsistent costs only that page: it is recorded in
-    ``Records.damage`` and its records are dropped.
+    Each CPU's pages are walked in its own thread (numpy releases the GIL). A page whose commit or record headers
+    are inconsistent costs only that page: it is recorded in ``Records.damage`` and its records are dropped.
     """
+    bounds, lo = [], 0
+    for _off, n, _cpu, _comp in ps.where:
+        bounds.append((lo, lo + n))
+        lo += n
+    if not bounds:
+        bounds = [(0, len(ps.starts))]
+    if threads > 1 and len(bounds) > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(lambda b: _walk_range(ps, b[0], b[1], page_size, long_size, big, path), bounds))
+    else:
+        parts = [_walk_range(ps, a, b, page_size, long_size, big, path) for a, b in bounds]
+    if len(parts) == 1:
+        return parts[0]
+    return Records(*(np.concatenate([getattr(r, k) for r in parts]) for k in ("page", "data", "length", "ts")),
+                   np.concatenate([r.lost for r in parts]), [d for r in parts for d in r.damage])
+
+
+def _walk_range(ps: PageSet, lo: int, hi: int, page_size: int, long_size: int, big: bool, path: str) -> Records:
+    """:func:`walk` over pages ``lo:hi`` of ``ps`` (page indices in the result are global)."""
     u32 = ps.buf[: len(ps.buf) // 4 * 4].view(L.order(np.dtype("<u4"), big))
-    n = len(ps.starts)
+    starts = ps.starts[lo:hi]
+    n = len(starts)
     hdr = 16 if long_size == 8 else 12
     dsize = page_size - hdr
-    starts = ps.starts
     ts = _u64_at(u32, starts, big) if n else np.zeros(0, np.uint64)
     commit = (_u64_at(u32, starts + 8, big) if long_size == 8 else u32[(starts + 8) >> 2].astype(np.uint64)) \
         if n else np.zeros(0, np.uint64)
@@ -190,7 +223,7 @@ def walk(ps: PageSet, page_size: int, long_size: int, big: bool, path: str) -> R
             ok = is_ev & ~broken
         else:
             ok = is_ev
-        out_page.append(p[ok].astype(np.int32))
+        out_page.append((p[ok] + lo).astype(np.int32))
         out_data.append(doff[ok])
         out_len.append(dlen[ok].astype(np.int32))
         out_ts.append(cur[ok])
@@ -203,7 +236,7 @@ def walk(ps: PageSet, page_size: int, long_size: int, big: bool, path: str) -> R
     length = _cat(out_len, np.int32)
     rts = _cat(out_ts, np.uint64)
     if reason:
-        drop = bad[page]
+        drop = bad[page - lo]
         page, data, length, rts = page[~drop], data[~drop], length[~drop], rts[~drop]
     order = np.argsort(page, kind="stable")
     page = page[order]
@@ -211,6 +244,7 @@ def walk(ps: PageSet, page_size: int, long_size: int, big: bool, path: str) -> R
     length = length[order]
     rts = rts[order]
     del order
-    damage = [_page_error(ps, i, page_size, path, "a valid ring-buffer page", r) for i, r in sorted(reason.items())]
+    damage = [_page_error(ps, i + lo, page_size, path, "a valid ring-buffer page", r)
+              for i, r in sorted(reason.items())]
     lost[bad] = 0
     return Records(page, data, length, rts, lost, damage)
