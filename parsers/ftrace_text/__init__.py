@@ -137,7 +137,7 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
             n = c[len(HEX_BYTES):]
             raw = raw.with_columns(words_from_hex(raw[c], fmt.field(n).element_size(long_size), schema[n]).alias(n)) \
                 .drop(c)
-    nulls = pl.DataFrame({c: pl.Series(c, [None] * len(info), dtype=t) for c, t in schema.items()})
+    nulls = pl.DataFrame(schema=schema).clear(len(info))
     if name in STACK_EVENTS and raw is None:
         fields = nulls   # "<stack trace >": the frames come from the "=>" lines, nothing to invert
     elif raw is not None and raw_m.all() and not any(raw[c].null_count() for c in raw.columns):
@@ -311,7 +311,8 @@ def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int]
     _learn_vcpu(frames)
     if kallsyms is not None:
         _resolve_function_names(frames, kallsyms)
-    frames = {k: v.sort("line_no").drop("line_no") for k, v in frames.items()}
+    # rows are in line (trace) order already: partition_by and the left joins keep it
+    frames = {k: v.drop("line_no") for k, v in frames.items()}
     step(4)
     unparsed = pl.concat([others.filter(pl.col("kind") == "unparsed").select("line_no", "line"), orphans]) \
         .sort("line_no")
@@ -328,7 +329,8 @@ def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int]
 
 def _with_stacks(frame: pl.DataFrame, stacks: pl.DataFrame, fmt: EventFormat | None, long_size: int) -> pl.DataFrame:
     """Join the frame lines of each stack event; ``size`` is the frame count when the text did not give it."""
-    j = frame.join(stacks.rename({"owner": "line_no", "caller": "_caller"}), on="line_no", how="left")
+    j = frame.join(stacks.rename({"owner": "line_no", "caller": "_caller"}), on="line_no", how="left",
+                   maintain_order="left")
     j = j.with_columns(pl.col("callers").fill_null(pl.lit([], dtype=pl.List(pl.String))))
     if "size" in j.columns:
         j = j.with_columns(pl.coalesce(pl.col("size"), pl.col("callers").list.len().cast(j.schema["size"]))
