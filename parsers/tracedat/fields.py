@@ -73,22 +73,17 @@ class Payloads:
         return acc.astype({1: np.uint8, 2: np.uint16, 4: np.uint32}.get(size, np.uint64))
 
     def _column(self, blk: np.ndarray, rel: int, size: int) -> np.ndarray:
-        """One field of every record as a strided column of the record block (no index arrays)."""
-        if size == 4 and rel % 4 == 0:
-            return blk[:, rel // 4]
-        if size == 8 and rel % 4 == 0:
-            a = blk[:, rel // 4].astype(np.uint64)
-            b = blk[:, rel // 4 + 1].astype(np.uint64)
-            return (a << np.uint64(32)) | b if self.big else a | (b << np.uint64(32))
-        if size == 2 and rel % 2 == 0:
-            return blk.view(">u2" if self.big else "<u2")[:, rel // 2]
+        """One field of every record, copied out of the record block in one strided pass (any alignment)."""
         b8 = blk.view(np.uint8)
         if size == 1:
             return b8[:, rel]
-        acc = np.zeros(blk.shape[0], np.uint64)
-        for k in range(size):
-            acc |= b8[:, rel + k].astype(np.uint64) << np.uint64(8 * (size - 1 - k if self.big else k))
-        return acc.astype({2: np.uint16, 4: np.uint32}.get(size, np.uint64))
+        if size not in (2, 4, 8):
+            acc = np.zeros(blk.shape[0], np.uint64)
+            for k in range(size):
+                acc |= b8[:, rel + k].astype(np.uint64) << np.uint64(8 * (size - 1 - k if self.big else k))
+            return acc
+        col = np.ascontiguousarray(b8[:, rel:rel + size]).view(f"{'>' if self.big else '<'}u{size}").ravel()
+        return col.astype(f"=u{size}") if self.big else col
 
     def scalar(self, f: Field) -> pl.Series:
         raw = self.uint(f.offset, f.size)
@@ -97,7 +92,7 @@ class Payloads:
             return self.bytes_matrix_strings(f.offset, np.full(len(self.off), f.size), f.size, binary=True)
         width = {pl.Int8: "i1", pl.Int16: "i2", pl.Int32: "i4", pl.Int64: "i8",
                  pl.UInt8: "u1", pl.UInt16: "u2", pl.UInt32: "u4", pl.UInt64: "u8"}[type(dt)]
-        return pl.Series(f.name, raw.astype(f"u{width[1]}").view(width), dtype=dt)
+        return pl.Series(f.name, raw.astype(f"u{width[1]}", copy=False).view(width), dtype=dt)
 
     def bytes_matrix_strings(self, start, length: np.ndarray, width: int, binary: bool = False) -> pl.Series:
         """C strings (cut at the first NUL) of at most ``length`` bytes from ``start`` (offset or per-row offset)."""
@@ -155,9 +150,16 @@ class Payloads:
             n_el = np.maximum(self.length - f.offset, 0) // es
         width = int(n_el.max()) if len(n_el) else 0
         inner = dt.inner
-        cols = [self.uint(start + k * es, es) for k in range(width)]
         np_inner = {1: np.uint8, 2: np.uint16, 4: np.uint32}.get(es, np.uint64)
-        mat = np.stack(cols, axis=1).astype(np_inner) if cols else np.zeros((len(self.off), 0), np_inner)
+        blk = self.block
+        if (np.isscalar(start) and blk is not None and es in (1, 2, 4, 8) and width
+                and start + width * es <= blk.shape[1] * 4):
+            # the elements lie side by side in every row of the record block: one strided copy
+            raw = np.ascontiguousarray(blk.view(np.uint8)[:, start:start + width * es])
+            mat = raw.view(f"{'>' if self.big else '<'}u{es}").astype(np_inner, copy=False)
+        else:
+            cols = [self.uint(start + k * es, es) for k in range(width)]
+            mat = np.stack(cols, axis=1).astype(np_inner) if cols else np.zeros((len(self.off), 0), np_inner)
         if inner.is_signed_integer():
             mat = mat.view(np_inner().dtype.str.replace("u", "i"))
         if width == 0:
