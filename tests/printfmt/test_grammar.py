@@ -97,3 +97,12 @@ def test_bad_print_fmt_is_a_parse_error() -> None:
         parse_print_fmt('"x=%d", REC->')
     with pytest.raises(ParseError):
         parse_print_fmt("no string")
+
+
+def test_libtraceevent_reads_one_operand_after_the_colon() -> None:
+    # process_cond() takes a single operand as the false branch and the chain goes on with the whole ?: on the left
+    # (trace-cmd prints kvm_nested_vmenter's "nested_cr3" where C would print "guest_cr3")
+    lte = parse_expr('!REC->t ? "g" : REC->isa == 1 ? "e" : "c"')
+    assert lte == Cond(Binary("==", Cond(Unary("!", Field("t")), Str("g"), Field("isa")), Num(1, "1")), Str("e"), Str("c"))
+    c = parse_expr('!REC->t ? "g" : REC->isa == 1 ? "e" : "c"', "c")
+    assert c == Cond(Unary("!", Field("t")), Str("g"), Cond(Binary("==", Field("isa"), Num(1, "1")), Str("e"), Str("c")))

@@ -23,6 +23,7 @@ CASES = [
     ("text/same_buffer/trace.dat", "same_buffer__trace.N.txt.zst"),
     ("printfmt/kvm_vmx.dat", "printfmt__kvm_vmx.N.txt.zst"),
     ("printfmt/kvm_svm.dat", "printfmt__kvm_svm.N.txt.zst"),
+    ("printfmt/all_formats.dat", "printfmt__all_formats.N.txt.zst"),
 ]
 KEY = ["ts", "cpu", "common_pid", "event", "info"]
 

@@ -117,7 +117,9 @@ class Compiler:
             return pl.lit(const, U64)
         if isinstance(n, Num):
             return pl.lit(_c_strtoll(n.text) & _M64, U64)
-        if isinstance(n, (Ident, Str, Raw, Pair)):
+        if isinstance(n, Str):
+            return pl.lit(_c_strtoll(n.value) & _M64, U64)     # a string atom evaluates as strtoull() of its text
+        if isinstance(n, (Ident, Raw, Pair)):
             return pl.lit(0, U64)
         if isinstance(n, Field):
             return self._field_num(n.name)

@@ -310,8 +310,17 @@ def _process_op(items: list, arg: _M, pos: int) -> None:
     if op == "?":
         then, other = items[pos + 1]
         test = arg.clone()
-        arg.kind, arg.op, arg.prio, arg.left, arg.then, arg.other = "cond", "?", 0, test, then, other
+        arg.kind, arg.op, arg.prio, arg.left, arg.then, arg.other = "cond", "?", 0, test, then, _u(other)
         arg.right = arg.leaf = None
+        pos += 2
+        if pos < len(items):
+            if isinstance(other, Unary):
+                # a unary false branch carries on with the rest of the chain itself
+                cell = _M(other)
+                _process_op(items, cell, pos)
+                arg.other = cell.node()
+            else:
+                _process_op(items, arg, pos)
         return
     left = arg.clone()
     arg.kind, arg.op, arg.left, arg.right, arg.prio, arg.leaf = "op", op, left, None, _PRIO[op], None
@@ -351,11 +360,13 @@ _DIALECT = {"c": False}
 
 
 def _c_chain(items: list) -> Node:
-    """Fold ``operand (op operand)* [? then-else]`` by C's precedence (binary operators left associative)."""
-    cond = None
-    if len(items) >= 3 and items[-2] == "?":
-        cond = items[-1]
-        items = items[:-2]
+    """Fold ``operand (op operand)*`` with ``? then : else`` marks by C's precedence (binary operators left
+    associative, ``?:`` lowest and right associative)."""
+    if "?" in items:
+        q = items.index("?")
+        then, other = items[q + 1]
+        rest = [other] + items[q + 2:]
+        return Cond(_u(_c_chain(items[:q])), then, _u(_c_chain(rest)))
     pos = 0
 
     def parse(min_prec: int) -> Node:
@@ -368,8 +379,7 @@ def _c_chain(items: list) -> Node:
             left = Binary(op, left, parse(_C_PREC[op] + 1))
         return left
 
-    node = parse(0) if len(items) > 1 else items[0]
-    return Cond(_u(node), cond[0], cond[1]) if cond else node
+    return parse(0) if len(items) > 1 else items[0]
 
 
 def _lte_chain(tokens):
@@ -405,10 +415,10 @@ def _build() -> tuple[pp.ParserElement, pp.ParserElement]:
 
     expr = pp.Forward()
     pair = ((LBRACE + expr + COMMA + expr + pp.Optional(COMMA) + RBRACE).set_parse_action(lambda t: Pair(_u(t[0]), _u(t[1])))
-            | (LBRACE + RBRACE).set_parse_action(lambda t: [None]))
+            | (LBRACE + RBRACE).set_parse_action(lambda t: Raw("{ }")))   # libtraceevent fails on an empty entry
     arg = pair | expr
     call = (ident + LPAR + pp.Group(pp.Optional(pp.DelimitedList(arg) + pp.Optional(COMMA))) + RPAR
-            ).set_parse_action(lambda t: Call(t[0], tuple(_u(a) for a in t[1] if a is not None)))
+            ).set_parse_action(lambda t: Call(t[0], tuple(_u(a) for a in t[1])))
     sizeof = (pp.Keyword("sizeof") + LPAR + (type_name + pp.FollowedBy(")") | expr) + RPAR).set_parse_action(
         lambda t: Sizeof(t[1], None) if isinstance(t[1], str) else Sizeof(None, _u(t[1])))
     rec_field = ((pp.Keyword("REC") | LPAR + pp.Keyword("REC") + RPAR) + pp.Suppress("->") + ident
@@ -426,11 +436,10 @@ def _build() -> tuple[pp.ParserElement, pp.ParserElement]:
     unary_op = cast_op | pp.Regex(r"!(?!=)|~|-(?![-=>])|\+(?![+=])")
     unary = (pp.ZeroOrMore(unary_op) + postfix).set_parse_action(lambda t: _fold_unary([t]))
     binop = pp.Regex(r"<<|>>|<=|>=|==|!=|&&|\|\||[*/%+\-<>&^|](?![=])")
-    chain = unary + pp.ZeroOrMore(binop + unary)
-    cond = pp.Forward()
-    tail = (pp.Literal("?") + expr + pp.Suppress(":") + cond).set_parse_action(
-        lambda t: [t[0], (_u(t[1]), _u(t[2]))])
-    cond <<= (chain + pp.Optional(tail)).set_parse_action(_lte_chain)
+    # libtraceevent reads the false branch of ?: as one operand and goes on with the whole ?: as a left operand
+    qtail = (pp.Literal("?") + expr + pp.Suppress(":") + unary).set_parse_action(
+        lambda t: [t[0], (_u(t[1]), t[2])])
+    cond = (unary + pp.ZeroOrMore(binop + unary | qtail)).set_parse_action(_lte_chain)
     expr <<= cond
 
     fmt_str = pp.OneOrMore(one_str).set_parse_action(lambda t: "".join(s[1:-1] for s in t))

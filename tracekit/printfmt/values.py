@@ -106,7 +106,9 @@ def _fold(n: Node) -> int | None:
     """The unsigned 64-bit value of a subtree without fields (as ``eval_num_arg`` computes it), else None."""
     if isinstance(n, Num):
         return _c_strtoll(n.text) & _M64
-    if isinstance(n, (Ident, Str)):
+    if isinstance(n, Str):
+        return _c_strtoll(n.value) & _M64
+    if isinstance(n, Ident):
         return 0
     if isinstance(n, Cast):
         v = _fold(n.operand)
@@ -157,7 +159,7 @@ def failed_reason(pf: PrintFmt) -> str | None:
         if n is None:
             return None
         if isinstance(n, Raw):
-            return "statement expression"
+            return "an empty table entry" if n.text == "{ }" else "statement expression"
         if isinstance(n, Call):
             if n.name not in KNOWN_HELPERS:
                 return f"function {n.name} not defined"
