@@ -310,6 +310,7 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
     # 16-bit event ids groups them per event keeping that order; one composed index gathers each event's rows
     order = np.argsort(ts, kind="stable")
     by_id = order[np.argsort(ids[order], kind="stable")]
+    del order
     sorted_ids = ids[by_id]
     lost = _lost_frame(lost_rows, buffers)
     st = _State(path, buf, info.big_endian, long_size, pids, comms, [b.name for b in buffers], kallsyms, printk)
@@ -329,7 +330,7 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
         key = fmt.full_name
         counts[key] = int(hi - lo)
         frames[key] = _builder(st, fmt, data[sel], length[sel], ts[sel], cpu[sel], group[sel])
-    del data, length, ts, cpu, group, by_id, ids, order
+    del data, length, ts, cpu, group, by_id, ids
     st.pending = len(frames)
     md["events"] = int(sum(counts.values()))
     return Trace(source=path, format="trace.dat", frames=frames, metadata=md, formats=index.by_name(),

@@ -235,6 +235,7 @@ def _walk_range(ps: PageSet, lo: int, hi: int, page_size: int, long_size: int, b
     data = _cat(out_data, np.int64)
     length = _cat(out_len, np.int32)
     rts = _cat(out_ts, np.uint64)
+    del out_page, out_data, out_len, out_ts  # the per-step pieces: keep peak memory at one copy
     if reason:
         drop = bad[page - lo]
         page, data, length, rts = page[~drop], data[~drop], length[~drop], rts[~drop]
