@@ -127,7 +127,6 @@ def test_unknown_helper_prints_failed_to_parse_with_raw_fields() -> None:
 
 def test_kernel_stack_prints_eight_callers_zero_filled() -> None:
     fmt = F["ftrace:kernel_stack"]
-    ks = Kallsyms(np.array([0x1000], dtype=np.uint64), np.array(["f"], dtype=object))
     ks = Kallsyms(np.array([0x1000, 0x2000], dtype=np.uint64), np.array(["f", "g"], dtype=object))
     df = pl.DataFrame({"size": [2], "caller": [[0x1004, 0x1008]]}, schema={"size": pl.Int32, "caller": pl.List(pl.UInt64)})
     got = render_event(df, fmt, funcs=FuncTable(ks)).to_list()[0]
@@ -172,3 +171,13 @@ def test_network_address_conversions() -> None:
     df = pl.DataFrame({"mac": [[0, 0x1B, 0x21, 0xA, 0xB, 0xFF]], "ip": [[192, 168, 0, 1]]},
                       schema={"mac": pl.List(pl.UInt8), "ip": pl.List(pl.UInt8)})
     assert render_event(df, fmt).to_list() == ["00:1b:21:0a:0b:ff 001b210a0bff 192.168.0.1"]
+
+
+def test_bprint_prints_ip_and_decoded_text() -> None:
+    # pretty_print with TEP_EVENT_FL_ISBPRINT: "%ps: " + the printk format applied to the args; an address missing
+    # from printk_formats gives "(NO FORMAT FOUND at %llx)"
+    fmt = F["ftrace:bprint"]
+    ks = Kallsyms(np.array([0x1000, 0x2000], dtype=np.uint64), np.array(["do_it", "other"], dtype=object))
+    df = pl.DataFrame({"ip": [0x1008, 0x1000], "fmt": [0xFF00, 0x5], "text": ["x=3\n", None]},
+                      schema={"ip": pl.UInt64, "fmt": pl.UInt64, "text": pl.String})
+    assert render_event(df, fmt, funcs=FuncTable(ks)).to_list() == ["do_it: x=3", "do_it: (NO FORMAT FOUND at 5)"]

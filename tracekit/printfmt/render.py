@@ -117,7 +117,10 @@ def info_expr(fmt: EventFormat, schema: Mapping[str, pl.DataType], *, long_size:
         return pl.when(has_addr).then(rendered).otherwise(from_names)
     if fmt.system == "ftrace" and fmt.name == "bprint" and "text" in schema:
         ip = comp.pointer(parse_conversions("%ps")[0], Field("ip"))
-        return (ip + pl.lit(": ") + pl.col("text").fill_null("")).str.strip_suffix("\n")
+        # get_bprint_format(): a format address missing from printk_formats prints "(NO FORMAT FOUND at %llx)"
+        missing = pl.lit("(NO FORMAT FOUND at ") + hex_expr(comp.num(Field("fmt"))) + pl.lit(")")
+        text = pl.when(pl.col("text").is_null()).then(missing).otherwise(pl.col("text"))
+        return (ip + pl.lit(": ") + text).str.strip_suffix("\n")
     try:
         pf = parse_print_fmt(fmt.print_fmt)
     except Exception:  # noqa: BLE001 - a print fmt the grammar rejects is what libtraceevent fails on too
