@@ -131,7 +131,8 @@ def test_orphan_stack_frames_are_reported(tmp_path):
 
 
 def test_lost_events_marks(tmp_path):
-    text = (" bash-1 [000]   1.000001: sched_wake_idle_without_ipi: cpu=1\nCPU:1 [LOST 17 EVENTS]\n"
+    text = ("cpus=3\nversion = 6\nCPU 2 is empty\n"
+            " bash-1 [000]   1.000001: sched_wake_idle_without_ipi: cpu=1\nCPU:1 [LOST 17 EVENTS]\n"
             "CPU:0 [EVENTS DROPPED]\n bash-1 [000]   1.000002: sched_wake_idle_without_ipi: cpu=1\n")
     p = tmp_path / "t.txt"
     p.write_text(text)
@@ -139,6 +140,9 @@ def test_lost_events_marks(tmp_path):
     assert tr.lost_events.to_dicts() == [{"cpu": 0, "lost": 0, "lost_unknown": 1},
                                          {"cpu": 1, "lost": 17, "lost_unknown": 0}]
     assert tr.lost_total == 18
+    assert tr.unparsed_lines.height == 0
+    assert (tr.metadata["cpus"], tr.metadata["version"], tr.metadata["empty_cpus"]) == (3, 6, [2])
+    assert tr.events("sched_wake_idle_without_ipi")["cpu_"].to_list() == [1, 1]   # the field, renamed as in .dat
 
 
 def test_unknown_event_keeps_its_text(tmp_path):
