@@ -30,13 +30,14 @@ _FUNCS: dict[int, tuple[Any, FuncTable]] = {}
 
 
 def _funcs(trace) -> FuncTable:
+    """The function map of the trace's kallsyms, built once per table (traces cut from one share it)."""
     ks = getattr(trace, "kallsyms", None)
-    hit = _FUNCS.get(id(trace))
+    hit = _FUNCS.get(id(ks))
     if hit is not None and hit[0] is ks:
         return hit[1]
     ft = FuncTable(ks)
     _FUNCS.clear()
-    _FUNCS[id(trace)] = (ks, ft)
+    _FUNCS[id(ks)] = (ks, ft)
     return ft
 
 
