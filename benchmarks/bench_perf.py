@@ -6,7 +6,7 @@ Usage: python benchmarks/bench_perf.py FILE [--repeat N] [--kallsyms FILE]
 tracekit's time is the full ``tracekit.parsers.perf_data.read`` (records, samples, callchains, kernel and user
 symbols, comm); perf's is ``perf script -i FILE > /dev/null`` (its default output: comm, tid, cpu, time, period,
 event and the symbolised callchain). Both get the same kallsyms file when one is given. The best of N runs each;
-tracekit's in-process ELF symbol cache is cleared before every timed read, so each read parses kallsyms and every
+tracekit's in-process kallsyms and ELF symbol caches are cleared before every timed read, so each read parses kallsyms and every
 mapped ELF file again, as a perf script run does.
 """
 
@@ -37,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     from tracekit.parsers import perf_data
-    from tracekit.parsers.perf_data import symbolize
 
     t0 = time.perf_counter()
     perf_data.read(args.file, kallsyms=args.kallsyms)
@@ -45,14 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tracekit first read (including imports): {cold:.3f} s")
 
     def read_all():
-        symbolize.clear_caches()  # every timed read parses kallsyms and the ELF symbol tables again, as perf does
+        perf_data.clear_caches()  # every timed read parses kallsyms and the ELF symbol tables again, as perf does
         t = perf_data.read(args.file, kallsyms=args.kallsyms)
         for e in t.event_names:  # frames are built eagerly; this only makes the timing include them for sure
             t.events(e)
         return t
 
     t_tk, trace = _best(read_all, args.repeat)
-    symbolize.clear_caches()
     n = sum(trace.events(e).height for e in trace.event_names)
     frames = sum(int(trace.events(e)["callchain"].list.len().sum() or 0) for e in trace.event_names)
     print(f"tracekit: {n} samples, {frames} callchain frames in {t_tk:.3f} s = {n / t_tk:,.0f} samples/s "

@@ -26,8 +26,9 @@ from . import layout as L
 from . import records as R
 from . import samples as S
 from .symbolize import Symbolizer
+from .symbolize import clear_caches as symbolize_clear
 
-__all__ = ["sniff", "read", "SAMPLE_SCHEMA"]
+__all__ = ["sniff", "read", "clear_caches", "SAMPLE_SCHEMA"]
 
 #: the common columns of every sample frame, in order; sample_type extras (addr, id, weight …) follow
 SAMPLE_SCHEMA = {
@@ -418,7 +419,29 @@ class _Reader:
         return None, "none"
 
 
+_PROC: dict[str, Kallsyms] = {}
+
+
+def clear_caches() -> None:
+    """Forget the parsed /proc/kallsyms and ELF symbol tables (benchmarks time cold reads with it)."""
+    _PROC.clear()
+    symbolize_clear()
+
+
 def _proc_kallsyms() -> Kallsyms:
+    """/proc/kallsyms, parsed once per boot of this machine."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            key = f.read().strip()
+    except OSError:
+        key = "?"
+    if key not in _PROC:
+        _PROC.clear()
+        _PROC[key] = _parse_proc_kallsyms()
+    return _PROC[key]
+
+
+def _parse_proc_kallsyms() -> Kallsyms:
     """/proc/kallsyms (``ADDR TYPE NAME[\t[MODULE]]`` lines), split column-wise by Polars."""
     with open("/proc/kallsyms", errors="replace") as f:
         lines = pl.Series("l", f.read().splitlines())

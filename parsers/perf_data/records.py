@@ -21,7 +21,7 @@ from tracekit.errors import ParseError, TruncatedError
 
 from . import layout as L
 
-_CHUNK = 16 * 1024
+_CHUNK = 4096
 _PAD = 64  # zero bytes after the stream so header reads near the end stay in bounds
 
 
