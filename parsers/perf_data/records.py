@@ -228,21 +228,28 @@ def _walk(stream: Stream, start: int, end: int | None, aligned: bool) -> tuple[n
     nchunks = max(1, (end - start) // _CHUNK)
     starts = start + (np.arange(nchunks, dtype=np.int64) * ((end - start) // nchunks)) >> shift << shift
     ends = np.append(starts[1:], end)
-    steps, exits = _lockstep(step, starts, ends)
+    steps, walk_exits = _lockstep(step, starts, ends)
+    exits = walk_exits.copy()
     allv = np.concatenate(steps, axis=1) if steps else np.zeros((2, 0), dtype=np.int64)
     order = np.argsort(allv[1], kind="stable")
     chunk_of, pos = allv[0][order], allv[1][order]
     # fixpoint: a chunk is right when the exit of the chunk before it is one of its visited offsets
     entry = np.empty(nchunks, dtype=np.int64)
-    for _ in range(nchunks + 1):
+    for _ in range(2 * nchunks + 2):
         entry[0] = start
         entry[1:] = exits[:-1]
         hit = np.searchsorted(pos, entry)
         found = (hit < len(pos)) & (pos[np.minimum(hit, len(pos) - 1)] == entry) if len(pos) else \
             np.zeros(nchunks, bool)
-        ok = found | (entry >= ends) | (entry == starts)
+        spanned = entry >= ends  # a record covers the whole chunk: the chain leaves it where it entered
+        new_exits = np.where(spanned, entry, walk_exits)
+        moved = (new_exits != exits).any()
+        exits = new_exits
+        ok = found | spanned | (entry == starts)
         bad = np.nonzero(~ok)[0]
         if not len(bad):
+            if moved:
+                continue
             break
         redo = bad  # a redone chunk may move the entry of the next one: the loop runs until nothing changes
         s2, e2 = _lockstep(step, entry[redo], ends[redo])
@@ -252,7 +259,8 @@ def _walk(stream: Stream, start: int, end: int | None, aligned: bool) -> tuple[n
         pos = np.concatenate([pos[keep], new[1]])
         o = np.argsort(pos, kind="stable")
         chunk_of, pos = chunk_of[o], pos[o]
-        exits[redo] = e2
+        walk_exits[redo] = e2
+        exits = np.where(entry >= ends, entry, walk_exits)
         starts = starts.copy()
         starts[redo] = entry[redo]
     # drop each chunk's offsets before its true entry

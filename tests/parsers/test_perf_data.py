@@ -254,3 +254,27 @@ def test_lost_records_equal_perf_script_show_lost_events():
     assert t.lost_events.sort("cpu").equals(gold.lost_events.sort("cpu"))
     per = t.metadata["lost_samples_per_event"]  # perf's end-of-run totals, as `perf report --stats` shows them
     assert per["cpu-clock"] >= int(want["lost"].sum())
+
+
+@pytest.mark.parametrize("name", ["small_plain.data", "small_zstd.data", "small_pipe.data", "small_lost.data"])
+def test_chunked_walk_equals_one_sequential_walk(name, monkeypatch):
+    """The lockstep walk finds the same record offsets whatever the chunk size (one chunk = a plain walk)."""
+    from tracekit.parsers.perf_data import records as R
+
+    data = (DATA / name).read_bytes()
+    head = np.frombuffer(data[:16], dtype="<u8")
+    if int(head[1]) == 16:  # pipe mode
+        body, base = memoryview(data)[16:], 16
+    else:
+        fh = np.frombuffer(data[: perf_data.layout.perf_file_header.itemsize],
+                           dtype=perf_data.layout.perf_file_header)[0]
+        o, n = int(fh["data"]["offset"]), int(fh["data"]["size"])
+        body, base = memoryview(data)[o:o + n], o
+    stream = R.Stream.from_bytes(body, name, base, False)
+    monkeypatch.setattr(R, "_CHUNK", 1 << 40)
+    ref, dmg = R.walk(stream)
+    assert dmg is None and len(ref) > 100
+    for chunk in (64, 512, 4096):
+        monkeypatch.setattr(R, "_CHUNK", chunk)
+        got, dmg = R.walk(stream)
+        assert dmg is None and np.array_equal(got, ref), chunk
