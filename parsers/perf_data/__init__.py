@@ -323,7 +323,23 @@ class _Reader:
         ksyms, ksrc = self._kallsyms(kallsyms)
         self.metadata["kallsyms_source"] = ksrc
         sym = Symbolizer(ksyms, tables, self.options.get("symfs"))
-        frames = {name: sym.finish(parts, self._cc_parts, tables) for name, parts in per_event.items()}
+        # all events are symbolised together: their stacks overlap (cpu-clock and task-clock sample the same code)
+        own: dict[str, list[str]] = {}
+        tagged = []
+        for name, parts in per_event.items():
+            cols: list[str] = []
+            for part in parts:
+                cols += [c for c in part.columns if c not in cols]
+                tagged.append(part.with_columns(pl.lit(name).alias("_event")))
+            own[name] = cols
+        frames: dict[str, pl.DataFrame] = {}
+        if tagged:
+            merged = sym.finish(tagged, self._cc_parts, tables)
+            made = ("comm", "sym", "dso", "callchain", "callchain_ip")
+            for (name,), df in merged.partition_by("_event", as_dict=True, maintain_order=True).items():
+                keep = [c for c in df.columns if c in own[name] or c in made]
+                frames[name] = df.select(keep)
+            frames = {name: frames[name] for name in per_event if name in frames}
         self.metadata["callchains_dropped_invalid_context"] = sym.invalid_callchains
         lost = self._lost(tables)
         md = self.metadata
