@@ -95,8 +95,8 @@ def _incidents(trace, a, vendor: int | None) -> tuple[pl.DataFrame, pl.DataFrame
     notes: list[str] = []
     apic = trace.events("kvm_apic")
     acc = (apic.filter(pl.col("reg") == APIC_LVTPC)
-           .select(pl.col("ts").cast(pl.Int64), pl.col("common_pid").cast(pl.Int32).alias("pid"),
-                   (pl.col("rw") != 0).alias("rw"), pl.col("val").cast(pl.UInt64))
+           .select(pl.col("ts").cast(pl.Int64, strict=False), pl.col("common_pid").cast(pl.Int32, strict=False).alias("pid"),
+                   (pl.col("rw") != 0).alias("rw"), pl.col("val").cast(pl.UInt64, strict=False))
            .with_columns(((pl.col("val") & LVT_MASKED) != 0).alias("masked")))
     # vCPU and vendor of each thread: its exits (the most frequent isa)
     threads = a.windows.with_columns(a.isa.alias("isa")).group_by("pid").agg(

@@ -165,7 +165,7 @@ def route_events(trace: Trace) -> dict[str, list[str]]:
 
 
 def _common(df: pl.DataFrame, event: str, kind: int, extra: dict[str, pl.Expr] | None = None) -> pl.DataFrame:
-    cols = [pl.col("ts").cast(pl.Int64), pl.col("cpu").cast(_I32), pl.col("common_pid").cast(_I32).alias("pid"),
+    cols = [pl.col("ts").cast(pl.Int64, strict=False), pl.col("cpu").cast(_I32, strict=False), pl.col("common_pid").cast(_I32, strict=False).alias("pid"),
             pl.lit(event, pl.String).alias("event"), pl.lit(kind, pl.Int8).alias("kind")]
     cols += [e.alias(n) for n, e in (extra or {}).items()]
     return df.select(cols).with_row_index("seq")
@@ -198,8 +198,8 @@ def _lvtpc_writes(trace: Trace) -> pl.DataFrame:
         return pl.DataFrame(schema=schema)
     df = trace.events("kvm_apic")
     return (df.filter((pl.col("rw") != 0) & (pl.col("reg") == APIC_LVTPC))
-            .select(pl.col("ts").cast(pl.Int64), pl.col("common_pid").cast(_I32).alias("pid"),
-                    pl.col("cpu").cast(_I32), pl.col("val").cast(pl.UInt64)))
+            .select(pl.col("ts").cast(pl.Int64, strict=False), pl.col("common_pid").cast(_I32, strict=False).alias("pid"),
+                    pl.col("cpu").cast(_I32, strict=False), pl.col("val").cast(pl.UInt64, strict=False)))
 
 
 def _candidates(trace: Trace, routes: dict[str, list[str]], lvtpc_vector: int | None,
@@ -219,7 +219,7 @@ def _candidates(trace: Trace, routes: dict[str, list[str]], lvtpc_vector: int | 
                          "not used")
             continue
         df = _events(trace, key)
-        ip = df["ip"].cast(pl.UInt64).to_numpy()
+        ip = df["ip"].cast(pl.UInt64, strict=False).to_numpy()
         mask = np.zeros(len(ip), dtype=bool)
         for lo, hi in ranges:
             mask |= (ip >= np.uint64(lo)) & (ip < np.uint64(hi))
@@ -229,8 +229,8 @@ def _candidates(trace: Trace, routes: dict[str, list[str]], lvtpc_vector: int | 
         s = _short(key)
         df = _events(trace, key)
         if s == "kvm_apic_accept_irq":
-            dm = (pl.col("dm").cast(pl.Int64) // 256) % 8
-            acc = _common(df, key, 2, {"apicid": pl.col("apicid").cast(pl.UInt32), "vec": pl.col("vec").cast(pl.UInt8),
+            dm = (pl.col("dm").cast(pl.Int64, strict=False) // 256) % 8
+            acc = _common(df, key, 2, {"apicid": pl.col("apicid").cast(pl.UInt32, strict=False), "vec": pl.col("vec").cast(pl.UInt8, strict=False),
                                        "dm": dm})
             if key in routes["apic_nmi"]:
                 nmi_accepts = acc.filter(pl.col("dm") == DM_NMI).drop("dm")
@@ -238,8 +238,8 @@ def _candidates(trace: Trace, routes: dict[str, list[str]], lvtpc_vector: int | 
                 fixed = acc.filter(pl.col("dm") == DM_FIXED).with_columns(pl.lit(3, pl.Int8).alias("kind"))
                 parts.append(_lvtpc_match(fixed, lvtpc, lvtpc_vector).drop("apicid", "dm"))
         else:  # kvm_inj_virq: a real interrupt (not INTn), injected for the first time
-            virq = _common(df.filter(~pl.col("soft").cast(pl.Boolean) & ~pl.col("reinjected").cast(pl.Boolean)),
-                           key, 5, {"vec": pl.col("vector").cast(pl.UInt8)})
+            virq = _common(df.filter(~pl.col("soft").cast(pl.Boolean, strict=False) & ~pl.col("reinjected").cast(pl.Boolean, strict=False)),
+                           key, 5, {"vec": pl.col("vector").cast(pl.UInt8, strict=False)})
             parts.append(_lvtpc_match(virq, lvtpc, lvtpc_vector))
     parts = [p.select(list(_EMPTY_EVENTS)) for p in parts]
     cands = pl.concat(parts) if parts else pl.DataFrame(schema=_EMPTY_EVENTS)
@@ -260,7 +260,7 @@ def _lvtpc_match(df: pl.DataFrame, lvtpc: pl.DataFrame, vector: int | None) -> p
     fwd = d.join_asof(w, on="ts", by="pid", strategy="forward", check_sortedness=False).select("lvt")
     lvt = back["lvt"].fill_null(fwd["lvt"])
     out = back.with_columns(lvt=lvt)
-    fixed = ((pl.col("lvt") // 256) % 8 == DM_FIXED) & ((pl.col("lvt") % 256) == pl.col("vec").cast(pl.UInt64))
+    fixed = ((pl.col("lvt") // 256) % 8 == DM_FIXED) & ((pl.col("lvt") % 256) == pl.col("vec").cast(pl.UInt64, strict=False))
     return out.filter(fixed.fill_null(False)).drop("lvt", "vec")
 
 
@@ -285,14 +285,14 @@ def exit_windows(trace: Trace) -> pl.DataFrame:
         MissingEventError: the trace has no ``kvm_exit`` or no ``kvm_entry``.
     """
     ex = _exit_names(trace)
-    isa = pl.col("isa").cast(pl.Int32) if "isa" in ex.columns else pl.lit(None, pl.Int32)
-    exits = ex.select(pl.col("common_pid").cast(_I32).alias("pid"), pl.col("vcpu_id").cast(_I32).alias("vcpu"),
-                      pl.col("cpu").cast(_I32), pl.col("ts").cast(pl.Int64).alias("exit_ts"),
+    isa = pl.col("isa").cast(pl.Int32, strict=False) if "isa" in ex.columns else pl.lit(None, pl.Int32)
+    exits = ex.select(pl.col("common_pid").cast(_I32, strict=False).alias("pid"), pl.col("vcpu_id").cast(_I32, strict=False).alias("vcpu"),
+                      pl.col("cpu").cast(_I32, strict=False), pl.col("ts").cast(pl.Int64, strict=False).alias("exit_ts"),
                       pl.col("exit_reason_name").cast(pl.String).alias("exit_reason"), isa.alias("isa"))
     exits = exits.with_row_index("_seq").sort(["exit_ts", "_seq"])
     ent = (trace.events("kvm_entry")
-           .select(pl.col("common_pid").cast(_I32).alias("pid"), pl.col("ts").cast(pl.Int64).alias("entry_ts"),
-                   pl.col("cpu").cast(_I32).alias("entry_cpu"))
+           .select(pl.col("common_pid").cast(_I32, strict=False).alias("pid"), pl.col("ts").cast(pl.Int64, strict=False).alias("entry_ts"),
+                   pl.col("cpu").cast(_I32, strict=False).alias("entry_cpu"))
            .sort("entry_ts"))
     win = exits.join_asof(ent, left_on="exit_ts", right_on="entry_ts", by="pid", strategy="forward",
                           allow_exact_matches=False, coalesce=False, check_sortedness=False)
@@ -308,8 +308,8 @@ def assign_windows(df: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
     w = windows.select("pid", "exit_ts", "entry_ts", pl.col("window").alias("_w")).sort("exit_ts")
     out = (df.sort("ts").join_asof(w, left_on="ts", right_on="exit_ts", by="pid", strategy="backward", check_sortedness=False))
     inside = pl.col("_w").is_not_null() & (pl.col("entry_ts").is_null() | (pl.col("ts") <= pl.col("entry_ts")))
-    return (out.with_columns(pl.when(inside).then(pl.col("_w")).otherwise(None).cast(pl.UInt32).alias("window"),
-                             pl.col("_w").cast(pl.Int64).fill_null(-1).alias("gap"))
+    return (out.with_columns(pl.when(inside).then(pl.col("_w")).otherwise(None).cast(pl.UInt32, strict=False).alias("window"),
+                             pl.col("_w").cast(pl.Int64, strict=False).fill_null(-1).alias("gap"))
             .drop("_w", "exit_ts", "entry_ts"))
 
 
@@ -332,11 +332,11 @@ def lost_marks(trace: Trace, presence: pl.DataFrame) -> pl.DataFrame:
     le = le.filter(pl.sum_horizontal(cnt) > 0) if cnt else le
     if le.is_empty():
         return pl.DataFrame(schema=schema)
-    cpu = pl.col("cpu").cast(_I32) if "cpu" in le.columns else pl.lit(None, _I32)
+    cpu = pl.col("cpu").cast(_I32, strict=False) if "cpu" in le.columns else pl.lit(None, _I32)
     if "ts" not in le.columns:
         return le.select(cpu.alias("cpu"), pl.lit(None, pl.Int64).alias("lo"), pl.lit(None, pl.Int64).alias("hi"))
-    marks = le.select(cpu.alias("cpu"), pl.col("ts").cast(pl.Int64).alias("hi"),
-                      (pl.col("prev_ts").cast(pl.Int64) if "prev_ts" in le.columns
+    marks = le.select(cpu.alias("cpu"), pl.col("ts").cast(pl.Int64, strict=False).alias("hi"),
+                      (pl.col("prev_ts").cast(pl.Int64, strict=False) if "prev_ts" in le.columns
                        else pl.lit(None, pl.Int64)).alias("lo"))
     if "prev_ts" not in le.columns:
         seen = presence.select(pl.col("cpu"), pl.col("ts").alias("_prev")).unique().sort("_prev")
@@ -383,7 +383,7 @@ def _inconclusive(windows: pl.DataFrame, presence: pl.DataFrame, marks: pl.DataF
         j = pairs.join_asof(percpu, left_on="first", right_on="hi", by="cpu", strategy="forward",
                             check_sortedness=False)
         hit = pl.concat([hit, j.filter(pl.col("lo").is_not_null() & (pl.col("lo") <= pl.col("last")))["window"]
-                         .cast(pl.UInt32)])
+                         .cast(pl.UInt32, strict=False)])
     flag = np.zeros(n, dtype=bool)
     flag[hit.unique().to_numpy().astype(np.int64)] = True
     return pl.Series("inconclusive", flag)
@@ -399,13 +399,13 @@ def _presence(trace: Trace, windows: pl.DataFrame, extra: list[pl.DataFrame]) ->
     if trace.has("sched_switch"):
         sw = trace.events("sched_switch")
         for col in ("prev_pid", "next_pid"):
-            parts.append(sw.select(pl.col("ts").cast(pl.Int64), pl.col(col).cast(_I32).alias("pid"),
-                                   pl.col("cpu").cast(_I32)))
+            parts.append(sw.select(pl.col("ts").cast(pl.Int64, strict=False), pl.col(col).cast(_I32, strict=False).alias("pid"),
+                                   pl.col("cpu").cast(_I32, strict=False)))
     if trace.has("sched_migrate_task"):
         mg = trace.events("sched_migrate_task")
         for col in ("orig_cpu", "dest_cpu"):
-            parts.append(mg.select(pl.col("ts").cast(pl.Int64), pl.col("pid").cast(_I32),
-                                   pl.col(col).cast(_I32).alias("cpu")))
+            parts.append(mg.select(pl.col("ts").cast(pl.Int64, strict=False), pl.col("pid").cast(_I32, strict=False),
+                                   pl.col(col).cast(_I32, strict=False).alias("cpu")))
     pids = windows["pid"].unique()
     pres = pl.concat([p.cast({"ts": pl.Int64, "pid": _I32, "cpu": _I32}) for p in parts]).filter(
         pl.col("pid").is_in(pids.implode()))
@@ -480,7 +480,7 @@ def _queued_injections(ev: pl.DataFrame, windows: pl.DataFrame, lvtpc: pl.DataFr
     walk = walk.with_columns((pl.col("_s") - pl.min_horizontal(pl.lit(0), pl.col("_s").cum_min().over("pid",
                                                                                                         "epoch")))
                              .alias("queue"))
-    wins = epoch_of(windows.select(pl.col("window").cast(pl.UInt32), "pid", "exit_ts"), "exit_ts")
+    wins = epoch_of(windows.select(pl.col("window").cast(pl.UInt32, strict=False), "pid", "exit_ts"), "exit_ts")
     start = (wins.join_asof(walk.select("pid", pl.col("ts").alias("_wts"), "queue", pl.col("epoch").alias("_we"))
                             .sort("_wts"), left_on="exit_ts", right_on="_wts", by="pid", strategy="backward",
                             allow_exact_matches=False, check_sortedness=False)
@@ -499,8 +499,8 @@ def _queued_injections(ev: pl.DataFrame, windows: pl.DataFrame, lvtpc: pl.DataFr
 def _segment() -> pl.Expr:
     """The window of an event, or for an event outside any window, the stretch of its thread between two windows
     (negative ids): events of one segment can belong to one PMI or one IPI."""
-    return (pl.when(pl.col("window").is_not_null()).then(pl.col("window").cast(pl.Int64))
-            .otherwise(-(pl.col("gap") + 2) * (1 << 32) - pl.col("pid").cast(pl.Int64)))
+    return (pl.when(pl.col("window").is_not_null()).then(pl.col("window").cast(pl.Int64, strict=False))
+            .otherwise(-(pl.col("gap") + 2) * (1 << 32) - pl.col("pid").cast(pl.Int64, strict=False)))
 
 
 def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple[str, ...] | None = None
@@ -535,10 +535,10 @@ def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple
         acc = assign_windows(nmi_acc.with_columns(pl.lit(2, pl.Int8).alias("kind")), windows)
         if trace.has("kvm_apic_ipi"):
             ipi = trace.events("kvm_apic_ipi")
-            icr = pl.col("icr_low").cast(pl.Int64)
+            icr = pl.col("icr_low").cast(pl.Int64, strict=False)
             ipi = (ipi.filter((icr // 256) % 8 == DM_NMI)
-                   .select(pl.col("ts").cast(pl.Int64), pl.col("common_pid").cast(_I32).alias("pid"),
-                           pl.col("cpu").cast(_I32), pl.col("dest_id").cast(pl.UInt32).alias("dest"),
+                   .select(pl.col("ts").cast(pl.Int64, strict=False), pl.col("common_pid").cast(_I32, strict=False).alias("pid"),
+                           pl.col("cpu").cast(_I32, strict=False), pl.col("dest_id").cast(pl.UInt32, strict=False).alias("dest"),
                            ((icr // 2048) % 2 == 1).alias("logical"), ((icr // (1 << 18)) % 4).alias("shorthand")))
             ipi = assign_windows(ipi, windows).select(pl.col("ts").alias("ipi_ts"), "pid", "dest", "logical",
                                                       "shorthand", _segment().alias("ipi_segment"))
@@ -564,11 +564,11 @@ def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple
     old = _queued_injections(ev, windows.with_columns(incon), _lvtpc_writes(trace))
     ev = pl.concat([_unify(ev.filter(~old)), ev.filter(old).with_columns(pl.lit(True).alias("new"))],
                    how="diagonal_relaxed").sort(["group", "ts", "stage", "kind", "seq"])
-    ev = ev.with_columns((pl.col("new").cum_sum() - 1).cast(pl.UInt32).alias("pmi"))
+    ev = ev.with_columns((pl.col("new").cum_sum() - 1).cast(pl.UInt32, strict=False).alias("pmi"))
 
     per = (ev.filter(pl.col("window").is_not_null())
            .group_by("window")
-           .agg(pl.col("new").sum().cast(pl.Int32).alias("pmi_count"),
+           .agg(pl.col("new").sum().cast(pl.Int32, strict=False).alias("pmi_count"),
                 pl.col("route").unique().sort().alias("sources")))
     if not marks.is_empty() and marks["hi"].is_null().any():
         notes.append("the trace reports lost events without saying when: every window of a thread that ran on "

@@ -115,15 +115,15 @@ def _writes(trace) -> pl.DataFrame:
     """PMU MSR writes of one trace, the vCPU taken from the thread's last kvm_exit before the write."""
     df = trace.events("kvm_msr")
     w = (df.filter(pl.col("write") != 0)
-         .select(pl.col("ts").cast(pl.Int64), pl.col("common_pid").cast(pl.Int32).alias("pid"),
-                 pl.col("ecx").cast(pl.UInt32).alias("msr"), pl.col("data").cast(pl.UInt64).alias("value"))
+         .select(pl.col("ts").cast(pl.Int64, strict=False), pl.col("common_pid").cast(pl.Int32, strict=False).alias("pid"),
+                 pl.col("ecx").cast(pl.UInt32, strict=False).alias("msr"), pl.col("data").cast(pl.UInt64, strict=False).alias("value"))
          .with_columns(msr_names(pl.col("msr")).alias("msr_name"))
          .filter(pl.col("msr_name").is_not_null())
          .with_row_index("_i"))
     if trace.has("kvm_exit"):
         ex = (trace.events("kvm_exit")
-              .select(pl.col("ts").cast(pl.Int64).alias("_ets"), pl.col("common_pid").cast(pl.Int32).alias("pid"),
-                      pl.col("vcpu_id").cast(pl.Int32).alias("vcpu")).sort("_ets"))
+              .select(pl.col("ts").cast(pl.Int64, strict=False).alias("_ets"), pl.col("common_pid").cast(pl.Int32, strict=False).alias("pid"),
+                      pl.col("vcpu_id").cast(pl.Int32, strict=False).alias("vcpu")).sort("_ets"))
         w = w.sort("ts").join_asof(ex, left_on="ts", right_on="_ets", by="pid", strategy="backward",
                                    check_sortedness=False).drop("_ets")
     else:
