@@ -372,12 +372,16 @@ def _inconclusive(windows: pl.DataFrame, presence: pl.DataFrame, marks: pl.DataF
     if not percpu.is_empty():
         # where the thread was during the window: per CPU, from its first to its last sighting there (to the end of
         # the trace on the CPU where an open window's thread was last seen)
-        pairs = (presence.filter(pl.col("window").is_not_null())
+        inside = presence.filter(pl.col("window").is_not_null())
+        open_ids = w.filter(pl.col("end") == big)["window"].cast(pl.UInt32)
+        last_cpu = (inside.filter(pl.col("window").is_in(open_ids.implode())).sort("ts")
+                    .group_by("window").agg(pl.col("cpu").last().alias("_last_cpu")))
+        pairs = (inside.filter(pl.col("cpu").is_in(percpu["cpu"].unique().implode()))
                  .group_by("window", "cpu").agg(pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last"))
-                 .join(w.select("window", "end"), on="window")
-                 .with_columns(pl.when((pl.col("end") == big) & (pl.col("last") == pl.col("last").max().over("window")))
-                               .then(big).otherwise(pl.col("last")).alias("last"))
-                 .sort("first"))
+                 .join(last_cpu, on="window", how="left")
+                 .with_columns(pl.when(pl.col("cpu") == pl.col("_last_cpu")).then(big).otherwise(pl.col("last"))
+                               .alias("last"))
+                 .drop("_last_cpu").sort("first"))
         # the first mark on that CPU ending at or after the stay began is the only one that can overlap it without
         # an earlier one overlapping too (marks of one CPU are disjoint and sorted)
         j = pairs.join_asof(percpu, left_on="first", right_on="hi", by="cpu", strategy="forward",
