@@ -17,11 +17,15 @@ One PMI seen through several routes counts once. Every route event has a *stage*
 within a window, a new PMI starts at an event whose stage is lower than the previous event's, or equal to it and of a
 kind already seen in the current PMI (``kvm_pmu_deliver_pmi`` seen by a kprobe and by the function tracer is one call;
 the same kind twice is two). ``kvm_apic_accept_irq`` Fixed and the ``kvm_inj_virq`` that follows it are stages 1 and
-2 of one PMI.
+2 of one PMI. (The contract's letter — "equal stage with the same route" — would count a kprobe and a function-tracer
+hit of two back-to-back calls, d f d f, as one PMI; kinds alternating in pairs count them as two.)
 
-A window runs from a ``kvm_exit`` to the next ``kvm_entry`` of the same thread (``common_pid``), across CPU
-migrations. A window is *inconclusive* when it overlaps lost events on a CPU the thread ran on during it (see
-:func:`lost_marks`).
+KVM injects one NMI per entry; a second pending NMI is injected after an NMI-window exit, so its ``kvm_inj_nmi`` lands
+in a later window, where it counts as a PMI of its own (:func:`_queued_injections`, a FIFO per thread).
+
+Windows and lost events are :mod:`tracekit.detectors.kvm_windows`: a window runs from a ``kvm_exit`` to the next
+``kvm_entry`` of the same thread (``common_pid``), across CPU migrations; it is *inconclusive* when a lost-event mark
+overlaps its thread's stay on that CPU during it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import polars as pl
 
 from ..errors import ConfigError
 from ..model import Trace
+from .kvm_windows import assign_windows, exit_windows, inconclusive, lost_marks
+from .kvm_windows import presence as windows_presence
 
 __all__ = [
     "ROUTES",
@@ -264,158 +270,6 @@ def _lvtpc_match(df: pl.DataFrame, lvtpc: pl.DataFrame, vector: int | None) -> p
     return out.filter(fixed.fill_null(False)).drop("lvt", "vec")
 
 
-def _exit_names(trace: Trace) -> pl.DataFrame:
-    """kvm_exit rows with the reason named from its print fmt (``exit_reason_name``)."""
-    try:
-        df = trace.events("kvm_exit", symbolic=True)
-    except ImportError:  # tracekit.printfmt not available: keep the number
-        df = trace.events("kvm_exit")
-    number = pl.col("exit_reason").cast(pl.String)
-    if "exit_reason_name" not in df.columns:
-        return df.with_columns(number.alias("exit_reason_name"))
-    # a reason the print fmt does not name shows as its number, as libtraceevent prints it
-    return df.with_columns(pl.coalesce(pl.col("exit_reason_name").cast(pl.String), number).alias("exit_reason_name"))
-
-
-def exit_windows(trace: Trace) -> pl.DataFrame:
-    """Every VM-exit window of ``trace``: window (row id), pid, vcpu, cpu, exit_ts, entry_ts, exit_reason, isa,
-    entry_cpu — ordered by exit_ts then pid.
-
-    Raises:
-        MissingEventError: the trace has no ``kvm_exit`` or no ``kvm_entry``.
-    """
-    ex = _exit_names(trace)
-    isa = pl.col("isa").cast(pl.Int32, strict=False) if "isa" in ex.columns else pl.lit(None, pl.Int32)
-    exits = ex.select(pl.col("common_pid").cast(_I32, strict=False).alias("pid"), pl.col("vcpu_id").cast(_I32, strict=False).alias("vcpu"),
-                      pl.col("cpu").cast(_I32, strict=False), pl.col("ts").cast(pl.Int64, strict=False).alias("exit_ts"),
-                      pl.col("exit_reason_name").cast(pl.String).alias("exit_reason"), isa.alias("isa"))
-    exits = exits.with_row_index("_seq").sort(["exit_ts", "_seq"])
-    ent = (trace.events("kvm_entry")
-           .select(pl.col("common_pid").cast(_I32, strict=False).alias("pid"), pl.col("ts").cast(pl.Int64, strict=False).alias("entry_ts"),
-                   pl.col("cpu").cast(_I32, strict=False).alias("entry_cpu"))
-           .sort("entry_ts"))
-    win = exits.join_asof(ent, left_on="exit_ts", right_on="entry_ts", by="pid", strategy="forward",
-                          allow_exact_matches=False, coalesce=False, check_sortedness=False)
-    return (win.sort(["exit_ts", "pid", "_seq"]).drop("_seq", "pid_right", strict=False)
-            .with_row_index("window")
-            .select("window", "pid", "vcpu", "cpu", "exit_ts", "entry_ts", "exit_reason", "isa", "entry_cpu"))
-
-
-def assign_windows(df: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
-    """Add ``window`` (UInt32, null outside any window) and ``gap`` (the last window of the thread that started at or
-    before the event, -1 before the first) to a frame with ``ts`` and ``pid``: the event is in the window of its
-    thread's last exit at or before it when the thread's next entry is not before it."""
-    w = windows.select("pid", "exit_ts", "entry_ts", pl.col("window").alias("_w")).sort("exit_ts")
-    out = (df.sort("ts").join_asof(w, left_on="ts", right_on="exit_ts", by="pid", strategy="backward", check_sortedness=False))
-    inside = pl.col("_w").is_not_null() & (pl.col("entry_ts").is_null() | (pl.col("ts") <= pl.col("entry_ts")))
-    return (out.with_columns(pl.when(inside).then(pl.col("_w")).otherwise(None).cast(pl.UInt32, strict=False).alias("window"),
-                             pl.col("_w").cast(pl.Int64, strict=False).fill_null(-1).alias("gap"))
-            .drop("_w", "exit_ts", "entry_ts"))
-
-
-def lost_marks(trace: Trace, presence: pl.DataFrame) -> pl.DataFrame:
-    """Where events were lost: ``cpu`` (null: any CPU), ``lo``, ``hi`` (ns; null: unbounded).
-
-    Read from ``trace.tables["lost_marks"]`` when the reader gives one row per page that carried the missed-events
-    flag (``cpu``, ``ts`` = the page's first event, optional ``prev_ts`` = the last event before it on that CPU,
-    ``lost``/``lost_unknown``), else from ``trace.lost_events`` (the same columns when present, or per-CPU counts).
-    With a time, the loss lies between ``prev_ts`` (else the last earlier event in ``presence``) and ``ts``; without
-    one, the whole trace on that CPU is in doubt.
-    """
-    schema = {"cpu": pl.Int32, "lo": pl.Int64, "hi": pl.Int64}
-    le = trace.tables.get("lost_marks")
-    if le is None or "ts" not in le.columns:
-        le = trace.lost_events
-    if le is None or le.is_empty():
-        return pl.DataFrame(schema=schema)
-    cnt = [pl.col(c).fill_null(0) for c in ("lost", "lost_unknown") if c in le.columns]
-    le = le.filter(pl.sum_horizontal(cnt) > 0) if cnt else le
-    if le.is_empty():
-        return pl.DataFrame(schema=schema)
-    cpu = pl.col("cpu").cast(_I32, strict=False) if "cpu" in le.columns else pl.lit(None, _I32)
-    if "ts" not in le.columns:
-        return le.select(cpu.alias("cpu"), pl.lit(None, pl.Int64).alias("lo"), pl.lit(None, pl.Int64).alias("hi"))
-    marks = le.select(cpu.alias("cpu"), pl.col("ts").cast(pl.Int64, strict=False).alias("hi"),
-                      (pl.col("prev_ts").cast(pl.Int64, strict=False) if "prev_ts" in le.columns
-                       else pl.lit(None, pl.Int64)).alias("lo"))
-    if "prev_ts" not in le.columns:
-        seen = presence.select(pl.col("cpu"), pl.col("ts").alias("_prev")).unique().sort("_prev")
-        known = marks.filter(pl.col("cpu").is_not_null() & pl.col("hi").is_not_null()).with_row_index("_i")
-        prev = known.sort("hi").join_asof(seen, left_on="hi", right_on="_prev", by="cpu", strategy="backward",
-                                          allow_exact_matches=False, check_sortedness=False)
-        marks = pl.concat([prev.select("cpu", "_prev", "hi").rename({"_prev": "lo"}),
-                           marks.filter(pl.col("cpu").is_null() | pl.col("hi").is_null()).select("cpu", "lo", "hi")])
-    return marks.select(list(schema)).cast(schema)
-
-
-def _inconclusive(windows: pl.DataFrame, presence: pl.DataFrame, marks: pl.DataFrame) -> pl.Series:
-    """Per window: True when a lost-event mark overlaps the time its thread spent on that CPU during the window
-    (from its first to its last sighting there), or, for a mark without a CPU, the window itself."""
-    n = windows.height
-    if marks.is_empty() or n == 0:
-        return pl.Series("inconclusive", np.zeros(n, dtype=bool))
-    big = np.iinfo(np.int64).max
-    w = windows.select("window", "exit_ts", pl.col("entry_ts").fill_null(big).alias("end"))
-    hit = pl.Series("window", [], dtype=pl.UInt32)
-    anycpu = marks.filter(pl.col("cpu").is_null())
-    if not anycpu.is_empty():
-        lo = anycpu["lo"].fill_null(-big).to_numpy()
-        hi = anycpu["hi"].fill_null(big).to_numpy()
-        ws, we = w["exit_ts"].to_numpy(), w["end"].to_numpy()
-        # marks without a CPU are few (one per unknown loss): test each against every window at once
-        m = np.zeros(n, dtype=bool)
-        for a, b in zip(lo, hi, strict=True):
-            m |= (ws <= b) & (we >= a)
-        hit = pl.concat([hit, w.filter(pl.Series(m))["window"]])
-    percpu = marks.filter(pl.col("cpu").is_not_null()).with_columns(
-        pl.col("lo").fill_null(-big), pl.col("hi").fill_null(big)).sort("hi")
-    if not percpu.is_empty():
-        # where the thread was during the window: per CPU, from its first to its last sighting there (to the end of
-        # the trace on the CPU where an open window's thread was last seen)
-        inside = presence.filter(pl.col("window").is_not_null())
-        open_ids = w.filter(pl.col("end") == big)["window"].cast(pl.UInt32)
-        last_cpu = (inside.filter(pl.col("window").is_in(open_ids.implode())).sort("ts")
-                    .group_by("window").agg(pl.col("cpu").last().alias("_last_cpu")))
-        pairs = (inside.filter(pl.col("cpu").is_in(percpu["cpu"].unique().implode()))
-                 .group_by("window", "cpu").agg(pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last"))
-                 .join(last_cpu, on="window", how="left")
-                 .with_columns(pl.when(pl.col("cpu") == pl.col("_last_cpu")).then(big).otherwise(pl.col("last"))
-                               .alias("last"))
-                 .drop("_last_cpu").sort("first"))
-        # the first mark on that CPU ending at or after the stay began is the only one that can overlap it without
-        # an earlier one overlapping too (marks of one CPU are disjoint and sorted)
-        j = pairs.join_asof(percpu, left_on="first", right_on="hi", by="cpu", strategy="forward",
-                            check_sortedness=False)
-        hit = pl.concat([hit, j.filter(pl.col("lo").is_not_null() & (pl.col("lo") <= pl.col("last")))["window"]
-                         .cast(pl.UInt32, strict=False)])
-    flag = np.zeros(n, dtype=bool)
-    flag[hit.unique().to_numpy().astype(np.int64)] = True
-    return pl.Series("inconclusive", flag)
-
-
-def _presence(trace: Trace, windows: pl.DataFrame, extra: list[pl.DataFrame]) -> pl.DataFrame:
-    """(ts, pid, cpu, window) of every sighting of a vCPU thread on a CPU: its exits and entries, its route events,
-    and when recorded, sched_switch in/out and sched_migrate_task (both CPUs)."""
-    parts = [windows.select(pl.col("exit_ts").alias("ts"), "pid", "cpu"),
-             windows.filter(pl.col("entry_ts").is_not_null())
-             .select(pl.col("entry_ts").alias("ts"), "pid", pl.col("entry_cpu").alias("cpu"))]
-    parts += [e.select("ts", "pid", "cpu") for e in extra]
-    if trace.has("sched_switch"):
-        sw = trace.events("sched_switch")
-        for col in ("prev_pid", "next_pid"):
-            parts.append(sw.select(pl.col("ts").cast(pl.Int64, strict=False), pl.col(col).cast(_I32, strict=False).alias("pid"),
-                                   pl.col("cpu").cast(_I32, strict=False)))
-    if trace.has("sched_migrate_task"):
-        mg = trace.events("sched_migrate_task")
-        for col in ("orig_cpu", "dest_cpu"):
-            parts.append(mg.select(pl.col("ts").cast(pl.Int64, strict=False), pl.col("pid").cast(_I32, strict=False),
-                                   pl.col(col).cast(_I32, strict=False).alias("cpu")))
-    pids = windows["pid"].unique()
-    pres = pl.concat([p.cast({"ts": pl.Int64, "pid": _I32, "cpu": _I32}) for p in parts]).filter(
-        pl.col("pid").is_in(pids.implode()))
-    return assign_windows(pres, windows)
-
-
 def _unify(ev: pl.DataFrame) -> pl.DataFrame:
     """Mark the events that start a PMI in route events sorted by (group, ts, stage, kind): adds ``new``.
 
@@ -562,9 +416,9 @@ def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple
     group = _segment()
     ev = (ev.with_columns(route_of.alias("route"), stage_of.alias("stage"), group.alias("group"))
           .sort(["group", "ts", "stage", "kind", "seq"]))
-    presence = _presence(trace, windows, [ev.select("ts", "pid", "cpu")])
+    presence = windows_presence(trace, windows, [ev.select("ts", "pid", "cpu")])
     marks = lost_marks(trace, presence)
-    incon = _inconclusive(windows, presence, marks)
+    incon = inconclusive(windows, presence, marks)
     old = _queued_injections(ev, windows.with_columns(incon), _lvtpc_writes(trace))
     ev = pl.concat([_unify(ev.filter(~old)), ev.filter(old).with_columns(pl.lit(True).alias("new"))],
                    how="diagonal_relaxed").sort(["group", "ts", "stage", "kind", "seq"])
