@@ -170,17 +170,21 @@ def _frame(st: _State, fmt: EventFormat, data: np.ndarray, length: np.ndarray, t
     cols = event_columns(fmt, p)
     out: dict[str, pl.Series] = {"ts": pl.Series("ts", ts, dtype=pl.Int64), "cpu": pl.Series("cpu", cpu, dtype=pl.Int32)}
     if len(st.buffer_names) > 1:
-        out["buffer"] = pl.Series("buffer", np.array(st.buffer_names, dtype=object)[group], dtype=pl.String)
+        out["buffer"] = pl.Series("buffer", st.buffer_names, dtype=pl.String).gather(group.astype(np.uint32))
     for name in ("common_pid", "common_flags", "common_preempt_count"):
         if name in cols:
             out[name] = cols.pop(name)
     if "common_pid" in out:
-        pid = out["common_pid"].cast(pl.Int64)
-        keys = pl.Series(np.concatenate([[0], st.pids]), dtype=pl.Int64)
-        vals = pl.Series(["<idle>"] + st.comms, dtype=pl.String)
-        keys, idx = np.unique(keys.to_numpy(), return_index=True)
-        out["common_comm"] = pid.replace_strict(pl.Series(keys), vals.gather(idx), default=None,
-                                                return_dtype=pl.String).rename("common_comm")
+        # pid -> comm by binary search in the sorted cmdlines pids; misses gather a null
+        pid = out["common_pid"].to_numpy().astype(np.int64)
+        keys, first = np.unique(np.concatenate([[0], st.pids]).astype(np.int64), return_index=True)
+        vals = pl.Series(["<idle>"] + st.comms, dtype=pl.String).gather(first.astype(np.uint32))
+        at = np.clip(np.searchsorted(keys, pid), 0, len(keys) - 1)
+        idx = pl.Series(at.astype(np.uint32))
+        miss = np.flatnonzero(keys[at] != pid)
+        if len(miss):
+            idx = idx.scatter(miss, None)
+        out["common_comm"] = vals.gather(idx).rename("common_comm")
     for name, s in cols.items():
         if name.startswith("common_"):
             out[name] = s

@@ -34,8 +34,7 @@ class Payloads:
             step = max(1, (_ROW_CHUNK * 8) // words)
             for lo in range(0, len(off), step):
                 idx = (off[lo:lo + step] >> 2)[:, None] + cols
-                np.minimum(idx, len(u32) - 1, out=idx)
-                block[lo:lo + step] = u32[idx]
+                np.take(u32, idx, out=block[lo:lo + step], mode="clip")
             buf = block.view(np.uint8).ravel()
             off = np.arange(len(off), dtype=np.int64) * (words * 4)
             u32 = block.ravel()
