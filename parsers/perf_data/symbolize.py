@@ -391,7 +391,12 @@ class Symbolizer:
         offs = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(cnt, out=offs[1:])
         depth = (np.arange(len(flat), dtype=np.int64) - np.repeat(offs[:-1], cnt)).astype(np.uint64)
-        rowpid = np.asarray(pid).astype(np.int64).astype(np.uint64)
+        # only stacks with user addresses depend on the process; kernel-only stacks are shared by all
+        userish = (flat < KERNEL_START).astype(np.int64)
+        cu = np.zeros(len(flat) + 1, dtype=np.int64)
+        np.cumsum(userish, out=cu[1:])
+        has_user = (cu[offs[1:]] - cu[offs[:-1]]) > 0
+        rowpid = np.where(has_user, np.asarray(pid).astype(np.int64), -1).astype(np.uint64)
         hashes = []
         with np.errstate(over="ignore"):
             for seed in (_MIX1, _MIX2):
