@@ -13,6 +13,7 @@ FORMATS: tuple[tuple[str, str], ...] = (
     ("perf.data", "perf_data"),
     ("perf-script", "perf_script"),
     ("ftrace-text", "ftrace_text"),
+    ("parquet", "parquet_dataset"),  # a tracekit convert directory (never sniffed: detect_format sees the dir)
 )
 
 
