@@ -1,0 +1,142 @@
+"""``tracekit convert``: write a trace as a directory of Parquet files, one per event, that
+:func:`tracekit.load` reads back lazily (``tracekit.parsers.parquet_dataset``).
+
+Layout of a converted DIR (``DATASET_VERSION``)::
+
+    DIR/tracekit.json                    what the input said about itself (metadata, formats, counts, damage)
+    DIR/events/<system>__<event>.parquet one file per event, rows in ``ts`` order, row groups of ≤ ROW_GROUP rows
+    DIR/tables/<name>.parquet            lost_events, lost_marks, cmdlines, perf tables …, kallsyms
+
+"ts sorted" means: inside each event file the rows are in non-decreasing ``ts`` (ties keep the reader's order:
+buffer, CPU, then ring-buffer order), so row-group statistics on ``ts`` are monotone and a ``ts`` filter prunes
+row groups. Rows of different events are in different files; no order across files is promised.
+
+Memory: the conversion reads the input with the ordinary in-memory reader, then builds, writes and drops ONE event
+frame at a time. Peak RSS is therefore the reader's (page buffer and record index of the whole input) plus the
+largest single event frame — it grows with the input. A page-batched reader (bounded batches of pages merged by
+time window) is not implemented yet; ``benchmarks/bench_stream_rss.py`` measures the growth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from .errors import ConfigError, TracekitError
+from .model import TS, Trace
+
+__all__ = ["convert", "DATASET_VERSION", "ROW_GROUP", "MANIFEST", "event_file_name"]
+
+DATASET_VERSION = 1
+ROW_GROUP = 65_536
+"""Rows per Parquet row group (bounded, so a scan reads at most this many rows of a column at a time)."""
+MANIFEST = "tracekit.json"
+_KALLSYMS_SCHEMA = {"addr": pl.UInt64, "type": pl.String, "name": pl.String, "module": pl.String}
+
+
+def event_file_name(key: str) -> str:
+    """File name of event ``system:event`` inside ``DIR/events`` (``:`` and ``/`` are not safe in file names)."""
+    return key.replace("/", "_").replace(":", "__") + ".parquet"
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON types (unknown objects as their ``str``), or None when it cannot be made so."""
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return None
+
+
+def _manifest(trace: Trace, files: dict[str, str], counts: dict[str, int], skipped: list[str]) -> dict[str, Any]:
+    md = dict(trace.metadata)
+    printk = md.pop("printk_formats", None)
+    fmts = {}
+    for key, fmt in trace.formats.items():
+        if fmt is not None and getattr(fmt, "text", ""):
+            fmts[key] = {"system": fmt.system, "text": fmt.text}
+    return {
+        "dataset_version": DATASET_VERSION,
+        "source": str(trace.source),
+        "source_format": trace.format,
+        "metadata": {k: v for k, v in ((k, _jsonable(v)) for k, v in md.items()) if v is not None},
+        "printk_formats": {str(k): v for k, v in printk.items()} if isinstance(printk, dict) else {},
+        "formats": fmts,
+        "events": files,
+        "counts": counts,
+        "damage": [str(d) for d in trace.damage] + skipped,
+        "row_group": ROW_GROUP,
+        "ts_sorted": "per event file: rows in non-decreasing ts",
+    }
+
+
+def _write(df: pl.DataFrame, path: Path) -> None:
+    df.write_parquet(path, compression="zstd", row_group_size=ROW_GROUP, statistics=True)
+
+
+def convert(source: str | os.PathLike | Trace, out_dir: str | os.PathLike, *, overwrite: bool = False,
+            **options) -> Path:
+    """Write ``source`` as a Parquet dataset directory (one file per event, rows ``ts`` sorted).
+
+    Args:
+        source: a path :func:`tracekit.load` reads, or a Trace already read.
+        out_dir: the directory to create.
+        overwrite: replace ``out_dir`` when it already holds a dataset.
+        **options: passed to the reader (``buffer=`` …).
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        TracekitError: the input cannot be read; ConfigError: ``out_dir`` exists (without ``overwrite``) or cannot
+            be written.
+    """
+    from .api import load
+
+    out = Path(out_dir)
+    trace = source if isinstance(source, Trace) else load(source, **options)
+    if out.exists():
+        if not overwrite and any(out.iterdir()):
+            raise ConfigError(f"{out}: exists and is not empty (use overwrite=True / --force)")
+        if overwrite and (out / MANIFEST).is_file():
+            shutil.rmtree(out)
+    try:
+        (out / "events").mkdir(parents=True, exist_ok=True)
+        (out / "tables").mkdir(exist_ok=True)
+        files: dict[str, str] = {}
+        counts: dict[str, int] = {}
+        skipped: list[str] = []
+        for key in list(trace.frames):
+            try:
+                df = trace.events(key)
+            except TracekitError as exc:  # one event that cannot be decoded does not lose the others
+                skipped.append(str(exc))
+                continue
+            if TS in df.columns and df.height > 1 and not df[TS].is_sorted():
+                df = df.sort(TS, maintain_order=True)
+            name = event_file_name(key)
+            _write(df, out / "events" / name)
+            files[key] = name
+            counts[key] = df.height
+            trace._cache.pop(key, None)  # noqa: SLF001 - drop the frame once written: one event in memory at a time
+            del df
+        _write(trace.lost_events, out / "tables" / "lost_events.parquet")
+        for name, table in trace.tables.items():
+            if isinstance(table, pl.DataFrame):
+                _write(table, out / "tables" / f"{name}.parquet")
+        if trace.unparsed_lines is not None:
+            _write(trace.unparsed_lines, out / "tables" / "unparsed_lines.parquet")
+        ks = trace.kallsyms
+        if ks is not None and len(ks):
+            _write(pl.DataFrame({"addr": np.asarray(ks.addrs, np.uint64), "type": list(ks.types),
+                                 "name": list(ks.names), "module": list(ks.modules)}, schema=_KALLSYMS_SCHEMA),
+                   out / "tables" / "kallsyms.parquet")
+        (out / MANIFEST).write_text(json.dumps(_manifest(trace, files, counts, skipped), indent=1))
+    except OSError as exc:
+        raise ConfigError(f"{out}: cannot write the dataset: {exc.strerror or exc}") from exc
+    return out
