@@ -336,9 +336,11 @@ class _Reader:
         if tagged:
             merged = sym.finish(tagged, self._cc_parts, tables)
             made = ("comm", "sym", "dso", "callchain", "callchain_ip")
-            for (name,), df in merged.partition_by("_event", as_dict=True, maintain_order=True).items():
-                keep = [c for c in df.columns if c in own[name] or c in made]
-                frames[name] = df.select(keep)
+            runs = (merged.select("_event").with_row_index("_i").group_by("_event", maintain_order=True)
+                    .agg(pl.col("_i").min().alias("start"), pl.len().alias("n")))
+            for name, start, count in runs.iter_rows():  # each event is one contiguous, time-ordered run
+                keep = [c for c in merged.columns if c in own[name] or c in made]
+                frames[name] = merged.slice(start, count).select(keep)
             frames = {name: frames[name] for name in per_event if name in frames}
         self.metadata["callchains_dropped_invalid_context"] = sym.invalid_callchains
         lost = self._lost(tables)

@@ -352,8 +352,13 @@ class Symbolizer:
         """One event's sample frame from its decoded parts: symbols, callchains, comm; rows in time order."""
         df = pl.concat(parts, how="diagonal_relaxed")
         n = df.height
-        order = (np.argsort(df["ts"].to_numpy(), kind="stable") if "ts" in df.columns
-                 else np.arange(n, dtype=np.int64))
+        if "ts" in df.columns and "_event" in df.columns:  # rows grouped by event, each group in time order
+            ev = df["_event"].rank("dense").to_numpy()
+            order = np.lexsort((df["ts"].to_numpy(), ev))
+        elif "ts" in df.columns:
+            order = np.argsort(df["ts"].to_numpy(), kind="stable")
+        else:
+            order = np.arange(n, dtype=np.int64)
         chains = None
         if "_cc_part" in df.columns:
             flats, counts = [], []
@@ -454,9 +459,7 @@ class Symbolizer:
         cc = c.select(pl.col("tid").cast(pl.Int32), (pl.col("ts") if has_ts else pl.lit(0)).cast(pl.Int64).alias(
             "_cts"), pl.col("comm")).sort("_cts", maintain_order=True)
         left = df.select("tid", "pid", (pl.col("ts") if "ts" in df.columns else pl.lit(0)).cast(pl.Int64)
-                         .alias("_cts"), pl.int_range(pl.len()).alias("_row"))  # rows come in time order
-        if "ts" not in df.columns:
-            left = left.sort("_cts", maintain_order=True)
+                         .alias("_cts"), pl.int_range(pl.len()).alias("_row")).sort("_cts", maintain_order=True)
         j = left.join_asof(cc, on="_cts", by="tid", strategy="backward", check_sortedness=False)
         # a thread with no COMM yet carries the comm its parent had when it forked (up the fork chain)
         if self.fork is not None and self.fork.height and j["comm"].null_count():
