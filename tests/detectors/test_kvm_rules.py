@@ -12,8 +12,8 @@ from kvm_gen import ALL_ROUTES, build
 from polars.testing import assert_frame_equal
 
 import tracekit
-from tracekit.detectors import Inputs, registry
-from tracekit.detectors.describe import DESCRIBE_SCHEMA, describe
+from tracekit.detectors import Inputs, describe, registry
+from tracekit.detectors.catalog import DESCRIBE_SCHEMA
 from tracekit.detectors.exit_stats import EXIT_STATS_SCHEMA, ExitStats
 from tracekit.detectors.lvtpc import INCIDENT_SCHEMA, LvtpcUnmaskedAfterPmi
 from tracekit.detectors.multi_pmi import MultiPmiPerExit

@@ -15,7 +15,8 @@ import polars as pl
 
 from ..model import Trace
 
-__all__ = ["Finding", "RuleResult", "Inputs", "Detector", "register", "registry", "SEVERITIES", "missing_events"]
+__all__ = ["Finding", "RuleResult", "Inputs", "Detector", "register", "registry", "SEVERITIES", "missing_events",
+           "describe"]
 
 SEVERITIES = ("info", "warning", "error")
 
@@ -104,3 +105,11 @@ def missing_events(inputs: Inputs, requires: tuple[str, ...], requires_any: tupl
         if not any(inputs.with_event(e, side) for e in group):
             out.append(" | ".join(group))
     return out
+
+
+def describe() -> pl.DataFrame:
+    """One row per registered rule: name, description, requires, record_hint, defaults (see
+    :data:`tracekit.detectors.catalog.DESCRIBE_SCHEMA`)."""
+    from .catalog import describe as _describe
+
+    return _describe()

@@ -1,4 +1,5 @@
-"""A table of the registered detectors and what each needs (what ``tracekit detectors`` prints)."""
+"""A table of the registered detectors and what each needs (what ``tracekit detectors`` prints); also
+:func:`tracekit.detectors.describe`."""
 
 from __future__ import annotations
 
