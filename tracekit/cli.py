@@ -251,33 +251,54 @@ def _describe() -> pl.DataFrame:
 
 @app.command()
 def convert(path: Path = typer.Argument(..., help="trace.dat, perf.data, perf script or ftrace text"),
-            output: Path = typer.Option(..., "-o", "--output", help="directory for the Parquet files")) -> None:
-    """Write one Parquet file per event (DIR/<system>/<event>.parquet, or DIR/<event>.parquet without a system)
-    and DIR/metadata.json (what `tracekit info` shows, lost events per CPU)."""
+            output: Path = typer.Option(..., "-o", "--output", help="directory for the Parquet files"),
+            force: bool = typer.Option(False, "--force", help="replace OUTPUT when it holds a dataset")) -> None:
+    """Write one Parquet file per event (DIR/<system>/<event>.parquet, rows in ts order, bounded row groups),
+    DIR/metadata.json (what `tracekit info` shows, lost events per CPU) and DIR/tracekit.json, the manifest
+    `tracekit.load(DIR)` reads back lazily."""
     import json
+
+    from .stream import convert as run_convert
 
     try:
         tr = load_with_progress(path)
-        output.mkdir(parents=True, exist_ok=True)
-        names = list(tr.frames)  # full ``system:event`` keys
-        rows = 0
-        for key in names:
-            system, _, event = key.rpartition(":")
-            parts = [p for p in (system, event) if p]
-            safe = ["".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in p) for p in parts]
-            dest = output.joinpath(*safe[:-1], safe[-1] + ".parquet")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            df = tr.events(key)
-            df.write_parquet(dest)
-            rows += df.height
-        meta = tr.summary()
-        meta["lost_per_cpu"] = tr.lost_events.to_dicts()
-        (output / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+        run_convert(tr, output, overwrite=force)
+        meta = json.loads((output / "metadata.json").read_text())
     except TracekitError as exc:
         _fail(exc)
     except OSError as exc:
         _fail(ConfigError(f"{output}: cannot write: {exc.strerror or exc}"))
-    console.print(f"{len(names)} events, {rows:,} rows → {escape(str(output))}", highlight=False)
+    console.print(f"{len(tr.frames)} events, {meta['events']:,} rows → {escape(str(output))}", highlight=False)
+
+
+@app.command("analyze-fleet")
+def analyze_fleet(inputs: list[str] = typer.Argument(..., help="trace paths or a glob such as 'hosts/*/trace.dat'"),
+                  output: Path = typer.Option(..., "-o", "--output", help="fleet report directory"),
+                  scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address "
+                                                       "(tcp://host:8786); default: a local cluster"),
+                  workers: int | None = typer.Option(None, "--workers", help="worker processes of the local "
+                                                     "cluster (default: CPU count, at least 2)"),
+                  host_from: str = typer.Option("uname", "--host-from", help="name hosts by the trace's uname, "
+                                                "the file's parent directory (parent) or its stem"),
+                  rules: Path | None = typer.Option(None, "--rules", help="TOML rules file")) -> None:
+    """Convert and analyse every trace as a task on a Dask cluster; write DIR/findings.json and DIR/report.html
+    (per host and per trace, worst first: double-PMI exit rate, mutex hotspot share)."""
+    from .fleet import analyze_fleet as run_fleet
+
+    try:
+        res = run_fleet(inputs if len(inputs) > 1 else inputs[0], output, scheduler=scheduler, workers=workers,
+                        config=rules, host_from=host_from)
+    except TracekitError as exc:
+        _fail(exc)
+    t = Table("host", "traces", "failed", "worst", "exits", "double-PMI exits", "rate", "hotspot share",
+              title=f"tracekit fleet ({res.workers} workers)")
+    for r in res.hosts.iter_rows(named=True):
+        rate = "" if r["double_pmi_rate"] is None else f"{r['double_pmi_rate']:.3%}"
+        share = "" if r["hotspot_share"] is None else f"{r['hotspot_share']:.1%}"
+        t.add_row(escape(r["host"] or ""), str(r["traces"]), str(r["failed"]), escape(r["max_severity"] or ""),
+                  str(r["exits"] or 0), str(r["double_pmi_exits"] or 0), rate, share)
+    console.print(t)
+    console.print(f"report: {escape(str(output / 'report.html'))}", highlight=False)
 
 
 def main() -> None:
