@@ -73,7 +73,7 @@ def read(source: str | os.PathLike, *, progress=None, **_options) -> Trace:
     """Open a converted dataset directory.
 
     Args:
-        source: the directory (``DIR/tracekit.json`` + ``DIR/events/*.parquet``).
+        source: the directory (``DIR/tracekit.json`` + ``DIR/<system>/<event>.parquet``).
 
     Returns:
         A Trace whose frames are read from Parquet on first use; ``metadata["parquet_files"]`` maps each event to
@@ -84,6 +84,8 @@ def read(source: str | os.PathLike, *, progress=None, **_options) -> Trace:
     """
     d = Path(source)
     mpath = d / MANIFEST
+    if not mpath.is_file():
+        return _read_plain(d)
     try:
         man = json.loads(mpath.read_text())
     except OSError as exc:
@@ -102,11 +104,11 @@ def read(source: str | os.PathLike, *, progress=None, **_options) -> Trace:
         except TracekitError as exc:
             damage.append(exc if isinstance(exc, ParseError) else ParseError(mpath, None, "an event format",
                                                                                str(exc)))
-    files = {key: d / "events" / name for key, name in man.get("events", {}).items()}
+    files = {key: d / name for key, name in man.get("events", {}).items()}
     missing = [k for k, p in files.items() if not p.is_file()]
     for k in missing:
         damage.append(ParseError(files.pop(k), None, f"the Parquet file of event {k}", "missing"))
-    tables = {p.stem: _table(p) for p in sorted((d / "tables").glob("*.parquet"))}
+    tables = {p.stem: _table(p) for p in sorted((d / "_tables").glob("*.parquet"))}
     lost = tables.pop("lost_events", None)
     unparsed = tables.pop("unparsed_lines", None)
     ks_df = tables.pop("kallsyms", None)
@@ -123,3 +125,15 @@ def read(source: str | os.PathLike, *, progress=None, **_options) -> Trace:
                  metadata=md, formats=formats, kallsyms=kallsyms, damage=damage, tables=tables,
                  unparsed_lines=unparsed, counts_hint={k: int(v) for k, v in man.get("counts", {}).items()
                                                        if k in files}, **kw)
+
+
+def _read_plain(d: Path) -> Trace:
+    """A directory of Parquet files without a manifest: ``DIR/<system>/<event>.parquet`` → ``system:event``,
+    ``DIR/<event>.parquet`` → ``event``; no formats, lost events or kallsyms are known."""
+    files = {f"{p.parent.name}:{p.stem}": p for p in sorted(d.glob("*/*.parquet"))}
+    files.update({p.stem: p for p in sorted(d.glob("*.parquet"))})
+    if not files:
+        raise ParseError(d, None, "Parquet files (DIR/<system>/<event>.parquet)", "none")
+    md = {"source_format": None, "parquet_files": {k: str(p) for k, p in files.items()}}
+    return Trace(source=str(d), format="parquet", frames={k: _collector(p, k) for k, p in files.items()},
+                 metadata=md)

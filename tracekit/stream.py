@@ -3,9 +3,11 @@
 
 Layout of a converted DIR (``DATASET_VERSION``)::
 
-    DIR/tracekit.json                    what the input said about itself (metadata, formats, counts, damage)
-    DIR/events/<system>__<event>.parquet one file per event, rows in ``ts`` order, row groups of ≤ ROW_GROUP rows
-    DIR/tables/<name>.parquet            lost_events, lost_marks, cmdlines, perf tables …, kallsyms
+    DIR/tracekit.json               the manifest: metadata, event formats, event → file, counts, damage
+    DIR/metadata.json               what ``tracekit info`` shows, lost events per CPU (for people and other tools)
+    DIR/<system>/<event>.parquet    one file per event (DIR/<event>.parquet without a system), rows in ``ts``
+                                    order, row groups of ≤ ROW_GROUP rows
+    DIR/_tables/<name>.parquet      lost_events, lost_marks, cmdlines, perf tables …, kallsyms
 
 "ts sorted" means: inside each event file the rows are in non-decreasing ``ts`` (ties keep the reader's order:
 buffer, CPU, then ring-buffer order), so row-group statistics on ``ts`` are monotone and a ``ts`` filter prunes
@@ -41,8 +43,12 @@ _KALLSYMS_SCHEMA = {"addr": pl.UInt64, "type": pl.String, "name": pl.String, "mo
 
 
 def event_file_name(key: str) -> str:
-    """File name of event ``system:event`` inside ``DIR/events`` (``:`` and ``/`` are not safe in file names)."""
-    return key.replace("/", "_").replace(":", "__") + ".parquet"
+    """Path of event ``system:event`` inside DIR: ``system/event.parquet`` (characters other than letters, digits
+    and ``-_.+`` replaced by ``_``)."""
+    system, _, event = key.rpartition(":")
+    parts = [p for p in (system, event) if p]
+    safe = ["".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in p) for p in parts]
+    return "/".join(safe[:-1] + [safe[-1] + ".parquet"])
 
 
 def _jsonable(value: Any) -> Any:
@@ -106,11 +112,12 @@ def convert(source: str | os.PathLike | Trace, out_dir: str | os.PathLike, *, ov
         if overwrite and (out / MANIFEST).is_file():
             shutil.rmtree(out)
     try:
-        (out / "events").mkdir(parents=True, exist_ok=True)
-        (out / "tables").mkdir(exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "_tables").mkdir(exist_ok=True)
         files: dict[str, str] = {}
         counts: dict[str, int] = {}
         skipped: list[str] = []
+        lo = hi = None  # time range, kept while writing (Trace.summary() would build every frame at once)
         for key in list(trace.frames):
             try:
                 df = trace.events(key)
@@ -119,23 +126,37 @@ def convert(source: str | os.PathLike | Trace, out_dir: str | os.PathLike, *, ov
                 continue
             if TS in df.columns and df.height > 1 and not df[TS].is_sorted():
                 df = df.sort(TS, maintain_order=True)
+            if TS in df.columns and df.height:
+                a, b = df[TS].min(), df[TS].max()
+                lo = a if lo is None else min(lo, a)
+                hi = b if hi is None else max(hi, b)
             name = event_file_name(key)
-            _write(df, out / "events" / name)
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            _write(df, out / name)
             files[key] = name
             counts[key] = df.height
             trace._cache.pop(key, None)  # noqa: SLF001 - drop the frame once written: one event in memory at a time
             del df
-        _write(trace.lost_events, out / "tables" / "lost_events.parquet")
+        _write(trace.lost_events, out / "_tables" / "lost_events.parquet")
         for name, table in trace.tables.items():
             if isinstance(table, pl.DataFrame):
-                _write(table, out / "tables" / f"{name}.parquet")
+                _write(table, out / "_tables" / f"{name}.parquet")
         if trace.unparsed_lines is not None:
-            _write(trace.unparsed_lines, out / "tables" / "unparsed_lines.parquet")
+            _write(trace.unparsed_lines, out / "_tables" / "unparsed_lines.parquet")
         ks = trace.kallsyms
         if ks is not None and len(ks):
             _write(pl.DataFrame({"addr": np.asarray(ks.addrs, np.uint64), "type": list(ks.types),
                                  "name": list(ks.names), "module": list(ks.modules)}, schema=_KALLSYMS_SCHEMA),
-                   out / "tables" / "kallsyms.parquet")
+                   out / "_tables" / "kallsyms.parquet")
+        md = trace.metadata
+        summary = {"path": trace.source, "format": trace.format, "version": md.get("version"),
+                   "compression": md.get("compression"), "uname": md.get("uname"), "clock": md.get("clock"),
+                   "cpus": md.get("cpus"), "first_ts": lo, "last_ts": hi,
+                   "duration_s": (hi - lo) / 1e9 if lo is not None and hi is not None else None,
+                   "events": sum(counts.values()), "lost_events": trace.lost_total,
+                   "damage": [str(d) for d in trace.damage] + skipped,
+                   "lost_per_cpu": trace.lost_events.to_dicts()}
+        (out / "metadata.json").write_text(json.dumps(summary, indent=2, default=str))
         (out / MANIFEST).write_text(json.dumps(_manifest(trace, files, counts, skipped), indent=1))
     except OSError as exc:
         raise ConfigError(f"{out}: cannot write the dataset: {exc.strerror or exc}") from exc
