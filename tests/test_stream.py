@@ -1,0 +1,113 @@
+"""tracekit.stream.convert and the Parquet dataset reader: the dataset holds the same events, ts sorted in bounded
+row groups, and the rules give the same results on it as on the original input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from tracekit.parsers import parquet_dataset
+
+import tracekit
+from tracekit.errors import ConfigError, ParseError
+from tracekit.stream import convert
+from tracekit.testing import build_kvm_scenario
+
+DATA = Path(__file__).parent / "data"
+RESULTS = ("findings", "multi_pmi_exits", "inconclusive_exits", "exit_stats", "hotspots")
+
+
+@pytest.fixture(scope="module")
+def kvm_dat(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("kvm") / "kvm.dat"
+    build_kvm_scenario(7, duration_s=0.03, double_pmi_rate=0.4).write(p, compression="zstd")
+    return p
+
+
+def _same_results(a, b) -> None:
+    for attr in RESULTS:
+        x, y = getattr(a, attr), getattr(b, attr)
+        assert x.equals(y), f"{attr} differs:\n{x}\n{y}"
+
+
+@pytest.mark.parametrize("src", ["kvm", DATA / "hotspots" / "contention_cut.dat"], ids=["kvm-scenario", "contention"])
+def test_dataset_results_equal_in_memory(src, kvm_dat, tmp_path):
+    path = kvm_dat if src == "kvm" else src
+    out = convert(path, tmp_path / "ds")
+    assert tracekit.detect_format(out) == "parquet"
+    lazy = tracekit.load(out)
+    assert lazy.format == "parquet" and lazy.metadata["source_format"] == "trace.dat"
+    a, b = tracekit.analyze(path), tracekit.analyze(out)
+    _same_results(a, b)
+    assert a.multi_pmi_exits.height > 0 or a.hotspots["samples"].sum() > 0  # the comparison covers a finding
+
+
+def test_events_equal_and_ts_sorted(kvm_dat, tmp_path):
+    tr = tracekit.load(kvm_dat)
+    out = convert(kvm_dat, tmp_path / "ds")
+    ds = tracekit.load(out)
+    assert sorted(ds.frames) == sorted(tr.frames)
+    assert ds.counts().equals(tr.counts())
+    assert ds.lost_events.equals(tr.lost_events)
+    assert ds.lost_events.height > 0  # the scenario loses events: the table is really compared
+    assert ds.tables.keys() == tr.tables.keys()
+    for name, table in tr.tables.items():
+        assert ds.tables[name].equals(table), name
+    assert len(ds.kallsyms) == len(tr.kallsyms)
+    for key in tr.frames:
+        want = tr.events(key)
+        got = ds.events(key)
+        assert got.equals(want.sort("ts", maintain_order=True)), key
+        assert got["ts"].is_sorted()
+    assert ds.formats.keys() == {k for k, f in tr.formats.items() if f is not None and f.text}
+    md = json.loads((out / "metadata.json").read_text())
+    assert md["events"] == tr.total_events and md["first_ts"] == tr.time_range()[0]
+
+
+def test_row_groups_bounded(tmp_path, monkeypatch):
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow not installed: row-group sizes not checked")
+    import tracekit.stream as stream
+
+    monkeypatch.setattr(stream, "ROW_GROUP", 500)
+    p = tmp_path / "k.dat"
+    build_kvm_scenario(3, duration_s=0.02).write(p)
+    ds = tracekit.load(convert(p, tmp_path / "ds"))
+    meta = pq.ParquetFile(ds.metadata["parquet_files"]["kvm:kvm_exit"]).metadata
+    assert meta.num_row_groups > 1
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert max(sizes) <= 500 and sum(sizes) == ds.counts_hint["kvm:kvm_exit"]
+    ts = [meta.row_group(i).column(0).statistics for i in range(meta.num_row_groups)]
+    assert all(a.max <= b.min for a, b in zip(ts, ts[1:], strict=False))  # row groups in ts order
+
+
+def test_scan_pushes_down_columns(kvm_dat, tmp_path):
+    ds = tracekit.load(convert(kvm_dat, tmp_path / "ds"))
+    lf = parquet_dataset.scan(ds, "kvm_exit")
+    assert isinstance(lf, pl.LazyFrame)
+    plan = lf.select("ts", "cpu").filter(pl.col("cpu") == 0).explain()
+    assert "PROJECT 2/" in plan or "project: 2" in plan.lower(), plan
+    got = lf.select("ts", "cpu").filter(pl.col("cpu") == 0).collect()
+    assert not ds._cache  # scanning collected nothing into the trace
+    assert got.height and got.equals(ds.events("kvm_exit").select("ts", "cpu").filter(pl.col("cpu") == 0))
+
+
+def test_bad_datasets(kvm_dat, tmp_path):
+    out = convert(kvm_dat, tmp_path / "ds")
+    with pytest.raises(ConfigError):
+        convert(kvm_dat, out)
+    convert(kvm_dat, out, overwrite=True)
+    (out / "tracekit.json").write_text('{"dataset_version": 99}')
+    with pytest.raises(ParseError, match="dataset_version"):
+        tracekit.load(out)
+    (out / "tracekit.json").write_text("{not json")
+    with pytest.raises(ParseError, match="JSON"):
+        tracekit.load(out)
+    (out / "tracekit.json").unlink()  # without the manifest: the files alone, by path
+    plain = tracekit.load(out)
+    assert plain.has("kvm:kvm_exit") and plain.events("kvm_exit")["ts"].is_sorted()
+    victim = next(out.glob("kvm/kvm_exit.parquet"))
+    victim.write_bytes(b"PAR1 broken")
+    with pytest.raises(ParseError, match="kvm_exit"):
+        tracekit.load(out).events("kvm_exit")
