@@ -34,14 +34,15 @@ TRACE_ROWS_SCHEMA = {
     "hotspot_share": pl.Float64,
 }
 """One row per trace. ``double_pmi_rate`` = VM-exits with more than one PMI / VM-exits counted by exit-stats;
-``hotspot_share`` = the top mutex-hotspot symbol's samples / all samples of that trace (null without samples)."""
+``hotspot_share`` = the ``share`` the mutex-hotspots rule gives its top symbol (null without samples)."""
 
 HOST_ROWS_SCHEMA = {
     "host": pl.String, "traces": pl.Int64, "failed": pl.Int64, "max_severity": pl.String, "exits": pl.Int64,
     "double_pmi_exits": pl.Int64, "inconclusive_exits": pl.Int64, "double_pmi_rate": pl.Float64,
     "hotspot_samples": pl.Int64, "hotspot_total_samples": pl.Int64, "hotspot_share": pl.Float64,
 }
-"""One row per host: sums over its traces; rates are ratios of the sums (not means of per-trace rates)."""
+"""One row per host: sums over its traces; ``double_pmi_rate`` is the ratio of the sums (not a mean of per-trace
+rates); ``hotspot_share`` is the traces' shares weighted by their ``hotspot_total_samples``."""
 
 _SEV_RANK = {None: 0, "info": 1, "warning": 2, "error": 3}
 _GLOB_CHARS = set("*?[")
@@ -94,8 +95,7 @@ def _trace_row(host: str, trace: str, d: dict[str, Any] | None, error: str | Non
         top = max(hs, key=lambda h: h["samples"])
         row.update(hotspot_symbol=top.get("symbol"), hotspot_samples=int(top["samples"]),
                    hotspot_total_samples=int(top.get("total_samples") or 0))
-        row["hotspot_share"] = (row["hotspot_samples"] / row["hotspot_total_samples"]
-                                if row["hotspot_total_samples"] else None)
+        row["hotspot_share"] = None if top.get("share") is None else float(top["share"])
     return row
 
 
@@ -201,13 +201,14 @@ def merge(results: list[dict[str, Any]], workers: int = 0) -> FleetResult:
              .group_by("host", maintain_order=True)
              .agg(pl.len().cast(pl.Int64).alias("traces"), (~pl.col("ok")).sum().cast(pl.Int64).alias("failed"),
                   pl.col("max_severity").sort_by("_rank").last().alias("max_severity"),
+                  (pl.col("hotspot_share") * pl.col("hotspot_total_samples")).sum().alias("_wshare"),
                   *(pl.col(c).sum().cast(pl.Int64) for c in ("exits", "double_pmi_exits", "inconclusive_exits",
                                                               "hotspot_samples", "hotspot_total_samples")))
              .with_columns(
                  pl.when(pl.col("exits") > 0).then(pl.col("double_pmi_exits") / pl.col("exits")).otherwise(None)
                  .alias("double_pmi_rate"),
                  pl.when(pl.col("hotspot_total_samples") > 0)
-                 .then(pl.col("hotspot_samples") / pl.col("hotspot_total_samples")).otherwise(None)
+                 .then(pl.col("_wshare") / pl.col("hotspot_total_samples")).otherwise(None)
                  .alias("hotspot_share"))
              .select(list(HOST_ROWS_SCHEMA)).cast(HOST_ROWS_SCHEMA))
     return FleetResult(traces=_worst_first(traces), hosts=_worst_first(hosts), results=results, workers=workers)
