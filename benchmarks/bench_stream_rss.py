@@ -1,0 +1,79 @@
+"""Peak RSS of ``tracekit convert`` as the input grows 1×, 4×, 16× (generated KVM host scenarios).
+
+usage: python benchmarks/bench_stream_rss.py [--base-seconds 0.25] [--factors 1,4,16] [--dir /tmp/tk-rss]
+
+Each input is a ``tracekit.testing.build_kvm_scenario`` trace.dat whose traced time is ``base × factor`` (same seed
+and rates, so events grow linearly). Each conversion runs in a fresh grandchild process; the child that waited for
+it reports ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` — the conversion's own peak RSS. The baseline row is
+the same child importing tracekit and polars without converting. Prints one JSON line per input and a ratio
+(peak RSS at the largest input / at the smallest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_CONVERT = ("import sys, tracekit, polars; from tracekit.stream import convert; "
+            "convert(sys.argv[1], sys.argv[2], overwrite=True) if sys.argv[1] != '-' else None")
+
+
+def _measure(src: str, out: str) -> None:
+    """Child: run the conversion as a grandchild and print its peak RSS (bytes) and wall time."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", _CONVERT, src, out], check=True)
+    dt = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    print(json.dumps({"peak_rss": rss, "seconds": dt}))
+
+
+def _run_measure(src: str, out: str) -> dict:
+    res = subprocess.run([sys.executable, __file__, "--measure", src, out], check=True, capture_output=True,
+                         text=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base-seconds", type=float, default=0.25)
+    ap.add_argument("--factors", default="1,4,16")
+    ap.add_argument("--dir", default="/tmp/tk-rss")
+    ap.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.measure:
+        _measure(*a.measure)
+        return 0
+    from tracekit.testing import build_kvm_scenario
+
+    d = Path(a.dir)
+    d.mkdir(parents=True, exist_ok=True)
+    base = _run_measure("-", str(d / "none"))
+    print(json.dumps({"input": "baseline (import only)", **base}))
+    rows = []
+    for f in (int(x) for x in a.factors.split(",")):
+        src = d / f"kvm_x{f}.dat"
+        if not src.exists():
+            build_kvm_scenario(1, duration_s=a.base_seconds * f).write(src, compression="zstd")
+        m = _run_measure(str(src), str(d / f"kvm_x{f}.pq"))
+        import tracekit
+
+        events = tracekit.load(d / f"kvm_x{f}.pq").total_events
+        row = {"input": src.name, "factor": f, "file_bytes": os.path.getsize(src), "events": events, **m,
+               "peak_rss_mib": round(m["peak_rss"] / 2**20, 1),
+               "above_baseline_mib": round((m["peak_rss"] - base["peak_rss"]) / 2**20, 1)}
+        rows.append(row)
+        print(json.dumps(row))
+    if len(rows) > 1:
+        print(json.dumps({"rss_ratio_largest_to_smallest": round(rows[-1]["peak_rss"] / rows[0]["peak_rss"], 2),
+                          "events_ratio": round(rows[-1]["events"] / rows[0]["events"], 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
