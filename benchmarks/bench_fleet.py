@@ -4,8 +4,8 @@ against ``tracekit.analyze`` of every trace on this machine.
 usage: python benchmarks/bench_fleet.py [--traces 20] [--hosts 7] [--workers 2] [--seconds 0.05] [--dir /tmp/tk-fleet]
 
 Trace i is ``build_kvm_scenario(1000 + i)`` on host ``i % hosts``; every third trace is generated with
-(generated with ``double_pmi_rate=0``; other PMI routes of the scenario may still flag a few exits). Prints the fleet wall time, the single-machine wall time, how many traces' rule results
-(findings, flagged/inconclusive exits, exit stats, hotspots, rule notes) are equal, and the per-host table.
+``double_pmi_rate=0`` (other PMI routes of the scenario may still flag a few exits). Prints the fleet wall time,
+the single-machine wall time, how many traces' rule results (findings, flagged/inconclusive exits, exit stats, hotspots, rule notes) are equal, and the per-host table.
 """
 
 from __future__ import annotations
