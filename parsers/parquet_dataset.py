@@ -35,6 +35,9 @@ def is_dataset(path: str | os.PathLike) -> bool:
 
 
 def _scan(path: Path) -> pl.LazyFrame:
+    """One event: a file, or a directory of part files read in name order (streamed conversion)."""
+    if path.is_dir():
+        return pl.scan_parquet(sorted(path.glob("*.parquet")))
     return pl.scan_parquet(path)
 
 
@@ -105,7 +108,7 @@ def read(source: str | os.PathLike, *, progress=None, **_options) -> Trace:
             damage.append(exc if isinstance(exc, ParseError) else ParseError(mpath, None, "an event format",
                                                                                str(exc)))
     files = {key: d / name for key, name in man.get("events", {}).items()}
-    missing = [k for k, p in files.items() if not p.is_file()]
+    missing = [k for k, p in files.items() if not (p.is_file() or p.is_dir())]
     for k in missing:
         damage.append(ParseError(files.pop(k), None, f"the Parquet file of event {k}", "missing"))
     tables = {p.stem: _table(p) for p in sorted((d / "_tables").glob("*.parquet"))}

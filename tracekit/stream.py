@@ -77,7 +77,7 @@ def _manifest(trace: Trace, files: dict[str, str], counts: dict[str, int], skipp
         "counts": counts,
         "damage": [str(d) for d in trace.damage] + skipped,
         "row_group": ROW_GROUP,
-        "ts_sorted": "per event file: rows in non-decreasing ts",
+        "ts_sorted": "per event: rows in non-decreasing ts (a directory event: part files in name order, each sorted)",
     }
 
 
@@ -85,14 +85,69 @@ def _write(df: pl.DataFrame, path: Path) -> None:
     df.write_parquet(path, compression="zstd", row_group_size=ROW_GROUP, statistics=True)
 
 
+PART_ROWS = 4 * ROW_GROUP
+"""Rows aimed at per part file of a streamed event (time windows are cut for this many rows at an even rate)."""
+
+
+def _convert_stream(path: Path, out: Path, batch_pages: int | None, **options) -> tuple[Trace, dict, dict, list,
+                                                                                       int | None, int | None]:
+    """trace.dat → runs of sorted rows per (CPU, batch of pages) → per event, time windows merged into
+    ``<system>/<event>/part-NNNNN.parquet`` (parts in ts order, rows in ts order inside)."""
+    from .parsers.tracedat.stream import BATCH_PAGES, open_stream
+
+    header, batches = open_stream(path, batch_pages=batch_pages or BATCH_PAGES, **options)
+    runs_root = out / "_runs"
+    runs: dict[str, list[Path]] = {}
+    counts: dict[str, int] = {}
+    span: dict[str, list[int]] = {}
+    for key, df in batches:
+        name = event_file_name(key)[: -len(".parquet")]
+        d = runs_root / name
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / f"{len(runs.setdefault(key, [])):06d}.parquet"
+        df.write_parquet(p, compression="lz4", statistics=True)
+        runs[key].append(p)
+        counts[key] = counts.get(key, 0) + df.height
+        if df.height:
+            a, b = int(df[TS][0]), int(df[TS][-1])
+            lo_hi = span.setdefault(key, [a, b])
+            lo_hi[0], lo_hi[1] = min(lo_hi[0], a), max(lo_hi[1], b)
+        del df
+    files: dict[str, str] = {}
+    for key, paths in runs.items():
+        name = event_file_name(key)[: -len(".parquet")]
+        dest = out / name
+        dest.mkdir(parents=True, exist_ok=True)
+        lo, hi = span.get(key, [0, 0])
+        parts = max(1, -(-counts[key] // PART_ROWS))
+        edges = np.unique(np.linspace(lo, hi + 1, parts + 1).astype(np.int64))
+        k = 0
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            win = (pl.scan_parquet(paths).filter((pl.col(TS) >= int(a)) & (pl.col(TS) < int(b))).collect()
+                   .sort(TS, maintain_order=True))
+            if win.height or k == 0:
+                _write(win, dest / f"part-{k:05d}.parquet")
+                k += 1
+            del win
+        files[key] = name
+    shutil.rmtree(runs_root, ignore_errors=True)
+    lo = min((v[0] for v in span.values()), default=None)
+    hi = max((v[1] for v in span.values()), default=None)
+    return header.trace(), files, counts, [], lo, hi
+
+
 def convert(source: str | os.PathLike | Trace, out_dir: str | os.PathLike, *, overwrite: bool = False,
-            **options) -> Path:
+            stream: bool = False, batch_pages: int | None = None, **options) -> Path:
     """Write ``source`` as a Parquet dataset directory (one file per event, rows ``ts`` sorted).
 
     Args:
         source: a path :func:`tracekit.load` reads, or a Trace already read.
         out_dir: the directory to create.
         overwrite: replace ``out_dir`` when it already holds a dataset.
+        stream: read a trace.dat in bounded batches of pages (``parsers/tracedat/stream.py``) and write each
+            event as a directory of part files (``<system>/<event>/part-NNNNN.parquet``, parts in ts order);
+            other inputs are read whole as without it.
+        batch_pages: pages per batch when streaming (default 256).
         **options: passed to the reader (``buffer=`` …).
 
     Returns:
@@ -105,7 +160,12 @@ def convert(source: str | os.PathLike | Trace, out_dir: str | os.PathLike, *, ov
     from .api import load
 
     out = Path(out_dir)
-    trace = source if isinstance(source, Trace) else load(source, **options)
+    streamed = False
+    if stream and not isinstance(source, Trace):
+        from .api import detect_format
+
+        streamed = detect_format(source) == "trace.dat"
+    trace = source if isinstance(source, Trace) or streamed else load(source, **options)
     if out.exists():
         if not overwrite and any(out.iterdir()):
             raise ConfigError(f"{out}: exists and is not empty (use overwrite=True / --force)")
@@ -118,6 +178,8 @@ def convert(source: str | os.PathLike | Trace, out_dir: str | os.PathLike, *, ov
         counts: dict[str, int] = {}
         skipped: list[str] = []
         lo = hi = None  # time range, kept while writing (Trace.summary() would build every frame at once)
+        if streamed:
+            trace, files, counts, skipped, lo, hi = _convert_stream(Path(source), out, batch_pages, **options)
         for key in list(trace.frames):
             try:
                 df = trace.events(key)
