@@ -126,11 +126,13 @@ def attach_stacks(events: pl.DataFrame, stacks: pl.DataFrame, stack_events: tupl
     at = np.searchsorted(ev_no, st_no) - 1
     has_owner = at >= 0
     safe = np.where(has_owner, at, 0)
-    owner_event = events["event"].gather(pl.Series(safe, dtype=pl.UInt32)) if len(ev_no) else \
-        pl.Series([None] * len(st_no), dtype=pl.String)
-    st = stacks.with_columns(pl.Series("owner", np.where(has_owner, ev_no[safe] if len(ev_no) else 0, 0),
-                                       dtype=pl.UInt32),
-                             (owner_event.is_in(list(stack_events)) & pl.Series(has_owner)).alias("_ok"))
+    if len(ev_no):
+        is_stack = events["event"].is_in(list(stack_events)).to_numpy()
+        ok, owner = has_owner & is_stack[safe], ev_no[safe]
+    else:
+        ok, owner = np.zeros(len(st_no), dtype=bool), np.zeros(len(st_no), dtype=np.uint32)
+    # frame lines are in line order, so their owners are sorted: the group_by below takes its sorted fast path
+    st = stacks.with_columns(pl.Series("owner", owner, dtype=pl.UInt32), pl.Series("_ok", ok, dtype=pl.Boolean))
     orphans = st.filter(~pl.col("_ok")).select("line_no", "line")
     st = st.filter(pl.col("_ok")).select("owner", "line")
     line = pl.col("line")
@@ -140,22 +142,22 @@ def attach_stacks(events: pl.DataFrame, stacks: pl.DataFrame, stack_events: tupl
         st = st.with_columns(
             pl.when(angle).then(line.str.replace(_FRAME_ADDR, "").str.strip_chars_end() + " ("
                                 + line.str.extract(_FRAME_ADDR, 1) + ")").otherwise(line).alias("line"))
-    n = line.str.len_bytes()
     if st.height and st.select(line.str.starts_with("=> ").all()).item():
-        start: pl.Expr | int = 3                    # trace-cmd: every frame line starts "=> "
+        rest = line.str.slice(3)                    # trace-cmd: every frame line starts "=> "
     else:
-        start = line.str.find("=>", literal=True) + 3
-    paren = pl.when(line.str.ends_with(")")).then(line.str.find(" (", literal=True))
-    sym = line.str.slice(start, paren.fill_null(n) - start)
-    addr = line.str.slice(paren + 2, n - paren - 3)
-    st = st.with_columns(sym.alias("_sym"), addr.alias("_addr"))
-    st = st.with_columns(
-        pl.when(pl.col("_sym").str.starts_with("0x") | (pl.col("_sym") == "")).then(None)
-        .otherwise(pl.col("_sym")).alias("callers"),
-        pl.col("_addr").str.to_integer(base=16, dtype=pl.UInt64, strict=False).alias("caller"),
-        pl.col("owner").rle_id().alias("_g"))
-    frames = st.group_by("_g").agg(pl.col("owner").first(), pl.col("callers"), pl.col("caller"),
-                                   pl.col("caller").is_not_null().all().alias("_has_addr"))
+        rest = line.str.slice(line.str.find("=>", literal=True) + 3)
+    # "sym (addr)": one split at the first " (" instead of find + two slices, each piece computed once
+    st = st.select(pl.col("owner").set_sorted(), line.str.ends_with(")").alias("_end"),
+                   rest.str.splitn(" (", 2).alias("_p")).unnest("_p")
+    head, tail = pl.col("field_0"), pl.col("field_1")
+    paren = pl.col("_end") & tail.is_not_null()
+    sym = pl.when(paren | tail.is_null()).then(head).otherwise(head + " (" + tail)
+    st = st.select("owner", pl.when(paren).then(tail.str.strip_suffix(")")).alias("_addr"), sym.alias("_sym"))
+    st = st.select("owner", pl.when(pl.col("_sym").str.starts_with("0x") | (pl.col("_sym") == "")).then(None)
+                   .otherwise(pl.col("_sym")).alias("callers"),
+                   pl.col("_addr").str.to_integer(base=16, dtype=pl.UInt64, strict=False).alias("caller"))
+    frames = st.group_by("owner", maintain_order=True).agg(
+        pl.col("callers"), pl.col("caller"), pl.col("caller").is_not_null().all().alias("_has_addr"))
     frames = (frames.with_columns(pl.when(pl.col("_has_addr")).then(pl.col("caller")).alias("caller"))
               .select("owner", "callers", "caller"))
     return frames, orphans
