@@ -1,6 +1,7 @@
 """Peak RSS of ``tracekit convert`` as the input grows 1×, 4×, 16× (generated KVM host scenarios).
 
-usage: python benchmarks/bench_stream_rss.py [--base-seconds 0.25] [--factors 1,4,16] [--dir /tmp/tk-rss]
+usage: python benchmarks/bench_stream_rss.py [--mode stream|whole] [--base-seconds 0.25] [--factors 1,4,16]
+       [--dir /tmp/tk-rss]
 
 Each input is a ``tracekit.testing.build_kvm_scenario`` trace.dat whose traced time is ``base × factor`` (same seed
 and rates, so events grow linearly). Each conversion runs in a fresh grandchild process; the child that waited for
@@ -21,20 +22,21 @@ import time
 from pathlib import Path
 
 _CONVERT = ("import sys, tracekit, polars; from tracekit.stream import convert; "
-            "convert(sys.argv[1], sys.argv[2], overwrite=True) if sys.argv[1] != '-' else None")
+            "convert(sys.argv[1], sys.argv[2], overwrite=True, stream=sys.argv[3] == 'stream') "
+            "if sys.argv[1] != '-' else None")
 
 
-def _measure(src: str, out: str) -> None:
+def _measure(src: str, out: str, mode: str) -> None:
     """Child: run the conversion as a grandchild and print its peak RSS (bytes) and wall time."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", _CONVERT, src, out], check=True)
+    subprocess.run([sys.executable, "-c", _CONVERT, src, out, mode], check=True)
     dt = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     print(json.dumps({"peak_rss": rss, "seconds": dt}))
 
 
-def _run_measure(src: str, out: str) -> dict:
-    res = subprocess.run([sys.executable, __file__, "--measure", src, out], check=True, capture_output=True,
+def _run_measure(src: str, out: str, mode: str) -> dict:
+    res = subprocess.run([sys.executable, __file__, "--measure", src, out, mode], check=True, capture_output=True,
                          text=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -44,7 +46,9 @@ def main() -> int:
     ap.add_argument("--base-seconds", type=float, default=0.25)
     ap.add_argument("--factors", default="1,4,16")
     ap.add_argument("--dir", default="/tmp/tk-rss")
-    ap.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=("stream", "whole"), default="stream",
+                    help="stream: convert(stream=True), page batches; whole: the in-memory reader")
+    ap.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.measure:
         _measure(*a.measure)
@@ -53,18 +57,18 @@ def main() -> int:
 
     d = Path(a.dir)
     d.mkdir(parents=True, exist_ok=True)
-    base = _run_measure("-", str(d / "none"))
+    base = _run_measure("-", str(d / "none"), a.mode)
     print(json.dumps({"input": "baseline (import only)", **base}))
     rows = []
     for f in (int(x) for x in a.factors.split(",")):
         src = d / f"kvm_x{f}.dat"
         if not src.exists():
             build_kvm_scenario(1, duration_s=a.base_seconds * f).write(src, compression="zstd")
-        m = _run_measure(str(src), str(d / f"kvm_x{f}.pq"))
+        m = _run_measure(str(src), str(d / f"kvm_x{f}.pq"), a.mode)
         import tracekit
 
         events = tracekit.load(d / f"kvm_x{f}.pq").total_events
-        row = {"input": src.name, "factor": f, "file_bytes": os.path.getsize(src), "events": events, **m,
+        row = {"mode": a.mode, "input": src.name, "factor": f, "file_bytes": os.path.getsize(src), "events": events, **m,
                "peak_rss_mib": round(m["peak_rss"] / 2**20, 1),
                "above_baseline_mib": round((m["peak_rss"] - base["peak_rss"]) / 2**20, 1)}
         rows.append(row)

@@ -85,7 +85,7 @@ def _write(df: pl.DataFrame, path: Path) -> None:
     df.write_parquet(path, compression="zstd", row_group_size=ROW_GROUP, statistics=True)
 
 
-PART_ROWS = 4 * ROW_GROUP
+PART_ROWS = ROW_GROUP
 """Rows aimed at per part file of a streamed event (time windows are cut for this many rows at an even rate)."""
 
 
@@ -97,7 +97,7 @@ def _convert_stream(path: Path, out: Path, batch_pages: int | None, **options) -
 
     header, batches = open_stream(path, batch_pages=batch_pages or BATCH_PAGES, **options)
     runs_root = out / "_runs"
-    runs: dict[str, list[Path]] = {}
+    runs: dict[str, list[tuple[Path, int, int]]] = {}  # per event: (run file, first ts, last ts)
     counts: dict[str, int] = {}
     span: dict[str, list[int]] = {}
     for key, df in batches:
@@ -106,10 +106,10 @@ def _convert_stream(path: Path, out: Path, batch_pages: int | None, **options) -
         d.mkdir(parents=True, exist_ok=True)
         p = d / f"{len(runs.setdefault(key, [])):06d}.parquet"
         df.write_parquet(p, compression="lz4", statistics=True)
-        runs[key].append(p)
         counts[key] = counts.get(key, 0) + df.height
         if df.height:
             a, b = int(df[TS][0]), int(df[TS][-1])
+            runs[key].append((p, a, b))
             lo_hi = span.setdefault(key, [a, b])
             lo_hi[0], lo_hi[1] = min(lo_hi[0], a), max(lo_hi[1], b)
         del df
@@ -123,9 +123,12 @@ def _convert_stream(path: Path, out: Path, batch_pages: int | None, **options) -
         edges = np.unique(np.linspace(lo, hi + 1, parts + 1).astype(np.int64))
         k = 0
         for a, b in zip(edges[:-1], edges[1:], strict=True):
-            win = (pl.scan_parquet(paths).filter((pl.col(TS) >= int(a)) & (pl.col(TS) < int(b))).collect()
+            near = [p for p, ra, rb in paths if ra < b and rb >= a]  # only the runs overlapping the window
+            if not near:
+                continue
+            win = (pl.scan_parquet(near).filter((pl.col(TS) >= int(a)) & (pl.col(TS) < int(b))).collect()
                    .sort(TS, maintain_order=True))
-            if win.height or k == 0:
+            if win.height:
                 _write(win, dest / f"part-{k:05d}.parquet")
                 k += 1
             del win
