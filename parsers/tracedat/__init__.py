@@ -25,7 +25,7 @@ import polars as pl
 
 from tracekit.errors import ParseError, TracekitError, UnsupportedFormatError
 from tracekit.formats import EventFormat, parse_format, parse_header_page
-from tracekit.model import LOST_SCHEMA, Trace
+from tracekit.model import LOST_MARKS_SCHEMA, LOST_SCHEMA, Trace
 from tracekit.symbols import Kallsyms
 
 from . import layout as L
@@ -267,7 +267,7 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
     blob = Blob(mm, path, info.big_endian)
     total = sum(c.size for b in buffers for c in b.cpus) or 1
     done = 0
-    bufs, cols, lost_rows = [], [], []
+    bufs, cols, lost_rows, marks = [], [], [], []
     base = 0
     for g, b in enumerate(buffers):
         page_size = b.page_size or info.page_size
@@ -295,6 +295,8 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
         cols.append((recs.data, recs.length, _to_ns(recs.ts, md), ps.cpu[recs.page].astype(np.int16),
                      ps.group[recs.page].astype(np.int16)))
         lost_rows.append((ps.cpu, ps.group, recs.lost))
+        if recs.lost.any():
+            marks.append(_lost_marks(ps, recs, md, info.big_endian))
         del recs
         bufs.append(ps.buf)
         base += len(ps.buf)
@@ -317,6 +319,11 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
     del order
     sorted_ids = ids[by_id]
     lost = _lost_frame(lost_rows, buffers)
+    names = pl.Series([b.name for b in buffers], dtype=pl.String)
+    tables["lost_marks"] = (pl.concat(marks) if marks else pl.DataFrame(schema={**LOST_MARKS_SCHEMA, "g": pl.Int16}))
+    if len(buffers) > 1:
+        tables["lost_marks"] = tables["lost_marks"].with_columns(buffer=names.gather(tables["lost_marks"]["g"]))
+    tables["lost_marks"] = tables["lost_marks"].drop("g")
     st = _State(path, buf, info.big_endian, long_size, pids, comms, [b.name for b in buffers], kallsyms, printk)
     frames: dict = {}
     counts: dict[str, int] = {}
@@ -467,6 +474,31 @@ class _LazyFormats(dict):
 
     def values(self):
         return [v for _, v in self.items()]
+
+
+def _lost_marks(ps, recs, md: dict, big_endian: bool) -> pl.DataFrame:
+    """One row per page whose ``commit`` carries the missed-events flag: where in time the loss sits on its CPU.
+
+    ``ts`` is the page's first event (the page header's timestamp when the page holds none) and ``prev_ts`` the last
+    event before it on the same buffer and CPU; the events lost fell between the two."""
+    npages = len(ps.starts)
+    counts = np.bincount(recs.page, minlength=npages)
+    first = np.searchsorted(recs.page, np.arange(npages), side="left")
+    ts = _to_ns(recs.ts, md)
+    has = counts > 0
+    first_ts = np.where(has, ts[np.minimum(first, max(len(ts) - 1, 0))] if len(ts) else 0, 0)
+    last_ts = np.where(has, ts[np.maximum(first + counts - 1, 0)] if len(ts) else 0, 0)
+    # a page without records still has its header timestamp (the time of its first write)
+    hdr = ps.buf[(ps.starts[:, None] + np.arange(8)).ravel()].view(">u8" if big_endian else "<u8")
+    first_ts = np.where(has, first_ts, _to_ns(hdr, md))
+    df = pl.DataFrame({"g": pl.Series(ps.group, dtype=pl.Int16), "cpu": pl.Series(ps.cpu, dtype=pl.Int32),
+                       "ts": first_ts, "last": pl.Series(np.where(has, last_ts, 0)).set(pl.Series(~has), None),
+                       "lost_raw": recs.lost})
+    df = df.with_columns(prev_ts=pl.col("last").shift(1).forward_fill().over(["g", "cpu"]))
+    return (df.filter(pl.col("lost_raw") != 0)
+            .select("g", "cpu", pl.col("ts").cast(pl.Int64), pl.col("prev_ts").cast(pl.Int64),
+                    lost=pl.when(pl.col("lost_raw") > 0).then(pl.col("lost_raw")).otherwise(0).cast(pl.Int64),
+                    lost_unknown=(pl.col("lost_raw") < 0).cast(pl.Int64)))
 
 
 def _lost_frame(rows, buffers) -> pl.DataFrame:

@@ -236,6 +236,12 @@ def test_multi_buffer_and_one_buffer(tmp_dir):
         assert "buffer" in tr.events(name).columns
     assert set(tr.lost_events.columns) == {"cpu", "lost", "lost_unknown", "buffer"}
     assert tr.lost_total > 0 and set(tr.lost_events["buffer"]) == {"tk_lost"}
+    # every page flagged by the kernel is placed in time on its CPU; the marks add up to the per-CPU totals
+    marks = tr.tables["lost_marks"]
+    assert set(marks["buffer"]) == {"tk_lost"} and marks["ts"].null_count() == 0
+    per_cpu = marks.group_by("buffer", "cpu").agg(pl.col("lost").sum(), pl.col("lost_unknown").sum())
+    assert_frame_equal(per_cpu.sort("cpu"), tr.lost_events.select(per_cpu.columns).sort("cpu"), check_dtypes=False)
+    assert marks.filter(pl.col("prev_ts").is_not_null() & (pl.col("prev_ts") > pl.col("ts"))).is_empty()
     one = tracekit.load(path, buffer="tk_irq")
     n = tr.events("irq_handler_entry").filter(pl.col("buffer") == "tk_irq").height if tr.has("irq_handler_entry") \
         else None
