@@ -1,7 +1,7 @@
 """Hand-made traces and rule results for the analysis, CLI and report tests (used before/besides the real rules).
 
 The frames follow the column names and dtypes of the trace.dat reader and of the KVM contract
-(``/work/notes/kvm_contract.md``: flagged-exit schema); the values are small and written here on purpose so that a
+(``tracekit.detectors.pmi.WINDOW_SCHEMA``: flagged-exit schema); the values are small and written here on purpose so that a
 test knows exactly what the report must show.
 """
 

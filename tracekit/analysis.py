@@ -27,6 +27,9 @@ import polars as pl
 
 from .config import Config, config_from_dict, load_config
 from .detectors import SEVERITIES, Inputs, RuleResult
+from .detectors.exit_stats import EXIT_STATS_SCHEMA
+from .detectors.mutex_hotspots import HOTSPOTS_SCHEMA
+from .detectors.pmi import WINDOW_SCHEMA
 from .errors import ConfigError, TracekitError
 from .model import Trace
 
@@ -39,24 +42,10 @@ MULTI_PMI_RULE = "multi-pmi-per-exit"
 EXIT_STATS_RULE = "exit-stats"
 HOTSPOTS_RULE = "mutex-hotspots"
 
-#: the flagged-exit rows (``kvm_contract.md``), also used when the rule could not run
-MULTI_PMI_SCHEMA = {
-    "pid": pl.Int32, "vcpu": pl.Int32, "cpu": pl.Int32, "exit_ts": pl.Int64, "entry_ts": pl.Int64,
-    "exit_reason": pl.String, "pmi_count": pl.Int32, "sources": pl.List(pl.String), "inconclusive": pl.Boolean,
-}
-EXIT_STATS_SCHEMA = {
-    "pid": pl.Int32, "vcpu": pl.Int32, "exit_reason": pl.String, "count": pl.Int64, "total_ns": pl.Int64,
-    "min_ns": pl.Int64, "max_ns": pl.Int64, "mean_ns": pl.Float64, "p50_ns": pl.Float64, "p99_ns": pl.Float64,
-    "share": pl.Float64,
-}
-HOTSPOTS_SCHEMA = {
-    "symbol": pl.String, "share": pl.Float64, "samples": pl.Int64, "total_samples": pl.Int64,
-    "by_thread": pl.List(pl.Struct({"pid": pl.Int32, "tid": pl.Int32, "comm": pl.String, "share": pl.Float64,
-                                    "samples": pl.Int64})),
-    "top_paths": pl.List(pl.Struct({"path": pl.String, "share": pl.Float64, "samples": pl.Int64})),
-    "bursts": pl.List(pl.Struct({"start_s": pl.Float64, "length_s": pl.Float64, "peak": pl.Float64})),
-    "period_s": pl.Float64,
-}
+#: the flagged-exit rows (how windows and PMIs are counted: tracekit.detectors.pmi), also used when the rule could
+#: not run; each schema is declared once,
+#: by the rule that produces the frame
+MULTI_PMI_SCHEMA = WINDOW_SCHEMA
 FINDINGS_SCHEMA = {"rule": pl.String, "severity": pl.String, "title": pl.String, "summary": pl.String,
                    "count": pl.Int64}
 #: events of one thread during a flagged window (evidence shown in the report)
