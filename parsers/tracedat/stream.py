@@ -18,10 +18,21 @@ import polars as pl
 
 from tracekit.errors import ParseError, UnsupportedFormatError
 from tracekit.formats import EventFormat, parse_header_page
-from tracekit.model import Trace
+from tracekit.model import LOST_MARKS_SCHEMA, Trace
 from tracekit.symbols import Kallsyms
 
-from . import _PRINTK, _cmdlines, _FormatIndex, _frame, _LazyKallsyms, _lost_frame, _metadata, _State, _to_ns
+from . import (
+    _PRINTK,
+    _cmdlines,
+    _FormatIndex,
+    _frame,
+    _LazyKallsyms,
+    _lost_frame,
+    _lost_marks,
+    _metadata,
+    _State,
+    _to_ns,
+)
 from .pages import build_pageset, walk
 from .sections import Blob, cpu_chunks, fill_chunks, read_info
 
@@ -46,11 +57,18 @@ class StreamHeader:
     buffers: list
     damage: list[ParseError] = field(default_factory=list)
     lost_rows: list = field(default_factory=list)
+    marks: list = field(default_factory=list)
 
     def trace(self) -> Trace:
+        tables = dict(self.tables)
+        marks = pl.concat(self.marks) if self.marks else pl.DataFrame(schema={**LOST_MARKS_SCHEMA, "g": pl.Int16})
+        if len(self.buffers) > 1:
+            names = pl.Series([b.name for b in self.buffers], dtype=pl.String)
+            marks = marks.with_columns(buffer=names.gather(marks["g"]))
+        tables["lost_marks"] = marks.drop("g")
         return Trace(source=self.path, format="trace.dat", frames={}, metadata=self.metadata, formats=self.formats,
                      lost_events=_lost_frame(self.lost_rows, self.buffers), kallsyms=self.kallsyms,
-                     damage=self.damage, tables=self.tables)
+                     damage=self.damage, tables=tables)
 
 
 def _split(chunks: list[tuple[int, int, int]], compressed: bool, page_size: int, batch_pages: int) -> list[list]:
@@ -124,12 +142,20 @@ def open_stream(source: str | os.PathLike, *, buffer: str | None = None, batch_p
                 except ParseError as exc:
                     header.damage.append(exc)
                     continue
+                carry = None  # ts of the last event of this CPU's previous batches (prev_ts of a loss mark)
                 for part in _split(chunks, b.compressed, page_size, batch_pages):
                     ps = build_pageset([(g, c.cpu, part, part[0][0], b.compressed)], page_size, path,
                                        header.damage, lambda ch, dest, z: fill_chunks(blob, info, ch, dest, z))
                     recs = walk(ps, page_size, long_size, info.big_endian, path, threads=1)
                     header.damage.extend(recs.damage)
                     header.lost_rows.append((ps.cpu, ps.group, recs.lost))
+                    if recs.lost.any():
+                        marks = _lost_marks(ps, recs, md, info.big_endian)
+                        if carry is not None:
+                            marks = marks.with_columns(pl.col("prev_ts").fill_null(carry))
+                        header.marks.append(marks)
+                    if len(recs.ts):
+                        carry = int(_to_ns(recs.ts[-1:], md)[0])
                     yield from _frames(ps, recs, md, info.big_endian, long_size, pids, comms, buffers, kallsyms,
                                        printk, index, header.damage, path)
 
