@@ -28,6 +28,7 @@ import polars as pl
 from ...errors import ConfigError, ParseError, TracekitError
 from ...formats import EventFormat, builtin_formats, load_format_dir
 from ...model import LOST_SCHEMA, Trace
+from ...printfmt import info_parser
 from . import _lines, _plugins
 from ._invert import HEX_BYTES, raw_parser, words_from_hex
 from ._source import MAX_BYTES, check_text, lines_frame, read_bytes
@@ -127,7 +128,11 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
     info = rows["info"].fill_null("")
     key = fmt.full_name
     if key not in parse_cache:
-        parse_cache[key] = _info_parser(fmt, long_size)
+        try:
+            parse_cache[key] = info_parser(fmt, long_size)
+        except TracekitError:
+            # a print fmt the grammar cannot read: the fields stay null and the rows are counted as damage below
+            parse_cache[key] = lambda s, sch=fmt.schema(long_size): pl.DataFrame(schema=sch).clear(len(s))
     raw_rx, raw_fields = parse_cache.setdefault(("raw", key), raw_parser(fmt, long_size))
     raw_m = info.str.contains(raw_rx) if schema else pl.Series([False] * len(info))
     raw = None
@@ -171,38 +176,6 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
     # a field named like a frame column (sched_wake_idle_without_ipi.cpu) gets a "_" suffix, as in trace.dat frames
     fields = fields.rename({c: f"{c}_" for c in fields.columns if c in _RESERVED})
     return pl.concat([out, fields], how="horizontal"), failed
-
-
-def _info_parser(fmt: EventFormat, long_size: int) -> Callable[[pl.Series], pl.DataFrame]:
-    """The print-fmt inversion of :mod:`tracekit.printfmt` (the local fallback of :mod:`._invert` when it cannot
-    build one, or returns a frame of the wrong shape)."""
-    from ._invert import info_parser as fallback
-
-    try:
-        from ...printfmt import info_parser
-    except ImportError:
-        return fallback(fmt, long_size)
-    try:
-        main = info_parser(fmt, long_size)
-    except (TracekitError, NotImplementedError):
-        return fallback(fmt, long_size)
-    spare = fallback(fmt, long_size)
-
-    def parse(info: pl.Series) -> pl.DataFrame:
-        out = main(info)
-        if out.height != len(info):
-            return spare(info)
-        if not out.width:
-            return out
-        # rows the grammar-based inversion could not match (e.g. tracefs' unprefixed %p) get the fallback's values
-        missed = out.select(pl.all_horizontal(pl.all().is_null())).to_series()
-        if not missed.any():
-            return out
-        other = spare(info)
-        return out.with_columns([pl.when(missed).then(other[c]).otherwise(out[c]).alias(c)
-                                 for c in out.columns if c in other.columns and other.schema[c] == out.schema[c]])
-
-    return parse
 
 
 def _learn_vcpu(frames: dict[str, pl.DataFrame]) -> None:

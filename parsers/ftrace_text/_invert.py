@@ -1,10 +1,7 @@
-"""Fallback inversion of an event's ``print fmt`` into a parser of its rendered text, used when
-``tracekit.printfmt.info_parser`` is not available.
+"""The ``name=value`` form of ``trace-cmd report -R`` (:func:`raw_parser`) and the value helpers the plugin forms
+share (symbol tables, flag texts, printed integers → field dtypes).
 
-It covers the forms kernel formats use for plain values: ``%d %i %u %x %o %c %s %p`` (with flags, widths and length
-modifiers) applied to ``REC->field`` (optionally cast), ``__get_str(field)``, and ``__print_symbolic`` /
-``__print_flags`` applied directly to ``REC->field``. Any other argument (arithmetic, ternaries, masks, ``%pS``
-symbols, arrays) is matched but not inverted: its field comes out null.
+The inversion of an event's ``print fmt`` itself is :func:`tracekit.printfmt.info_parser`.
 """
 
 from __future__ import annotations
@@ -21,15 +18,9 @@ _CONV = re.compile(r"%(?P<flags>[-+ #0]*)(?P<width>\d+|\*)?(?:\.(?P<prec>\d+|\*)
                    r"(?P<conv>[diouxXcsp%])(?P<pext>(?<=p)[A-Za-z]\w*)?")
 _CAST = r"(?:\(\s*(?:const\s+|unsigned\s+|signed\s+|struct\s+)*[A-Za-z_]\w*(?:\s+\w+)*\s*\**\s*\)\s*)*"
 _DIRECT = re.compile(rf"^{_CAST}\(?\s*{_CAST}REC\s*->\s*(\w+)\s*\)?$")
-_GET_STR = re.compile(r"^__get_(?:rel_)?str\(\s*(?:REC\s*->\s*)?(\w+)\s*\)$")
-_SYMBOLIC = re.compile(rf"^__print_symbolic(?:_u64)?\(\s*{_CAST}REC\s*->\s*(\w+)\s*,(.*)\)$", re.S)
-_FLAGS = re.compile(rf'^__print_flags(?:_u64)?\(\s*{_CAST}REC\s*->\s*(\w+)\s*,\s*"((?:[^"\\]|\\.)*)"\s*,(.*)\)$', re.S)
 _ENTRY = re.compile(r'\{\s*([^{}]+?)\s*,\s*((?:"(?:[^"\\]|\\.)*"\s*)+)\}')
-_TERNARY = re.compile(rf'^{_CAST}\(?\s*REC\s*->\s*(\w+)\s*\)?\s*\?\s*"([^"]*)"\s*:\s*"([^"]*)"$')
 _SAFE_EXPR = re.compile(r"^[0-9a-fA-FxX\s+\-|&<>()~]+$")
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "r": "\r", "0": "\0"}
-_NUM = {"d": r"-?\d+", "i": r"-?\d+", "u": r"-?\d+", "x": r"(?:0x)?[0-9a-fA-F]+", "X": r"(?:0x)?[0-9a-fA-F]+",
-        "o": r"[0-7]+", "c": r".", "p": r"(?:0x)?[0-9a-fA-F]+|\(null\)"}
 
 
 _META = set(".^$*+?()[]{}|\\")
@@ -129,17 +120,6 @@ def to_dtype(expr: pl.Expr, dtype: pl.DataType, base: int = 10) -> pl.Expr:
     return pl.lit(None, dtype=dtype)
 
 
-def _unsymbol(expr: pl.Expr, table: dict[str, int], dtype: pl.DataType) -> pl.Expr:
-    """A ``__print_symbolic`` name back to its value; an unknown value printed as a number is parsed."""
-    if not dtype.is_integer():
-        return pl.lit(None, dtype=dtype)
-    names = pl.Series(list(table), dtype=pl.String)
-    vals = pl.Series([v & 0xFFFFFFFFFFFFFFFF for v in table.values()], dtype=pl.UInt64)
-    hit = expr.replace_strict(names, vals, default=None, return_dtype=pl.UInt64)
-    num = pl.when(expr.str.starts_with("0x")).then(_u64(expr, 16)).otherwise(_u64(expr, 10))
-    return pl.coalesce(hit, num).cast(dtype, wrap_numerical=True)
-
-
 def unflag(expr: pl.Expr, sep: str, table: dict[str, int], dtype: pl.DataType) -> pl.Expr:
     """A ``__print_flags`` text (``SPIN|MUTEX``, leftover bits as hex) back to the OR of its values."""
     if not dtype.is_integer():
@@ -235,86 +215,3 @@ def raw_parser(fmt: EventFormat, long_size: int = 8) -> tuple[str, Callable[[pl.
         return out
 
     return rx, fields
-
-
-def info_parser(fmt: EventFormat, long_size: int = 8) -> Callable[[pl.Series], pl.DataFrame]:
-    """A function turning a Series of an event's rendered text (what follows ``event:``) into a frame of its own
-    fields, with the format's dtypes; fields not inverted (and rows that do not match) come out null."""
-    text, args = split_print_fmt(fmt.print_fmt)
-    text = text.strip()
-    schema = fmt.schema(long_size)
-    regex: list[str] = []
-    caps: list[tuple[str, str, Callable[[pl.Expr], pl.Expr]]] = []   # (group, field, converter)
-    pos, argi = 0, 0
-    for m in _CONV.finditer(text):
-        regex.append(_esc(text[pos:m.start()]))
-        pos = m.end()
-        conv = m.group("conv")
-        if conv == "%":
-            regex.append("%")
-            continue
-        if m.group("width") == "*":
-            argi += 1
-        if m.group("prec") == "*":
-            argi += 1
-        arg = args[argi] if argi < len(args) else ""
-        argi += 1
-        pad = " *" if m.group("width") else ""
-        if conv == "p" and m.group("pext"):
-            regex.append(pad + r".*?")
-            continue
-        pattern = _NUM.get(conv, r".*?")
-        group = f"g{len(caps)}"
-        direct, getstr = _DIRECT.match(arg), _GET_STR.match(arg)
-        sym, flg, tern = _SYMBOLIC.match(arg), _FLAGS.match(arg), _TERNARY.match(arg)
-        field = (direct or getstr or sym or flg or tern)
-        name = field.group(1) if field else None
-        if name not in schema:
-            regex.append(f"{pad}(?:{pattern})")
-            continue
-        dtype = schema[name]
-        if sym and conv == "s":
-            table = symbol_table(sym.group(2))
-            caps.append((group, name, lambda e, t=table, d=dtype: _unsymbol(e, t, d)))
-        elif flg and conv == "s":
-            table = symbol_table(flg.group(3))
-            sep = flg.group(2)
-            caps.append((group, name, lambda e, s=sep, t=table, d=dtype: unflag(e, s, t, d)))
-        elif tern and conv == "s" and dtype.is_integer():
-            yes, no = tern.group(2), tern.group(3)
-            caps.append((group, name, lambda e, y=yes, n=no, d=dtype: pl.when(e == y).then(1).when(e == n).then(0)
-                         .otherwise(None).cast(d)))
-        elif (direct or getstr) and conv == "s" and dtype == pl.String:
-            caps.append((group, name, lambda e: e))
-        elif direct and conv in "xXp":
-            caps.append((group, name, lambda e, d=dtype: to_dtype(e.replace("(null)", "0"), d, 16)))
-        elif direct and conv in "diuo":
-            base = 8 if conv == "o" else 10
-            if base == 8:
-                caps.append((group, name, lambda e, d=dtype: e.str.to_integer(base=8, strict=False).cast(d)))
-            else:
-                caps.append((group, name, lambda e, d=dtype: to_dtype(e, d)))
-        else:
-            regex.append(f"{pad}(?:{pattern})")
-            continue
-        regex.append(f"{pad}(?P<{group}>{pattern})")
-    regex.append(_esc(text[pos:]))
-    full = r"^\s*" + "".join(regex) + r"\s*$"
-    try:
-        re.compile(full)
-    except re.error:
-        full = r"^(?P<g_never>\A\z)$"
-        caps = []
-
-    def parse(info: pl.Series) -> pl.DataFrame:
-        df = pl.DataFrame({"info": info})
-        if caps:
-            df = df.with_columns(pl.col("info").str.extract_groups(full).alias("_g"))
-        cols = {name: pl.lit(None, dtype=dt) for name, dt in schema.items()}
-        for group, name, convert in caps:
-            if cols[name].meta.is_literal():
-                cols[name] = convert(pl.col("_g").struct.field(group))
-        return df.with_columns([e.alias(n) for n, e in cols.items()]).select(list(cols))
-
-    parse.regex = full  # type: ignore[attr-defined]
-    return parse

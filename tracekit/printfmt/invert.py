@@ -25,6 +25,7 @@ in every field.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import polars as pl
@@ -43,6 +44,12 @@ _M64 = (1 << 64) - 1
 
 def _esc(text: str) -> str:
     return "".join("\\" + c if c in _META else c for c in text)
+
+
+def _esc_literal(text: str) -> str:
+    """Literal format text as a regex in which a run of blanks matches any run of blanks, or none: pasted text has
+    extra spaces, and a trailing blank before an empty ``%s`` is gone once the line's end is stripped."""
+    return re.sub(r"[ \t\n]+", lambda m: r"\s*", _esc(text))
 
 
 def _bits(dt: pl.DataType) -> int:
@@ -70,7 +77,7 @@ def _num_text(e: pl.Expr, conv: str) -> pl.Expr:
     t = e.str.strip_chars(" ")
     if conv in "xXp":
         t = t.str.replace(r"^0[xX]", "")
-        return pl.when(e.str.strip_chars(" ") == "(nil)").then(pl.lit(0, pl.UInt64)).otherwise(
+        return pl.when(e.str.strip_chars(" ").is_in(["(nil)", "(null)"])).then(pl.lit(0, pl.UInt64)).otherwise(
             t.str.to_integer(base=16, dtype=pl.UInt64, strict=False))
     if conv == "o":
         return t.str.to_integer(base=8, dtype=pl.UInt64, strict=False)
@@ -162,7 +169,9 @@ def _pattern(conv: Conversion) -> str:
     elif c == "c":
         core = r"(?s:.)?"
     elif c == "p" and not conv.ext:
-        core = r"\(nil\)|(?:0x)?[0-9a-fA-F]+"     # the kernel's own %p has no 0x (hashed unless no_hash_pointers)
+        # libtraceevent prints NULL as "(nil)" (glibc), the kernel's tracefs as "(null)"; the kernel's own %p has no
+        # 0x (hashed unless no_hash_pointers)
+        core = r"\(nil\)|\(null\)|(?:0x)?[0-9a-fA-F]+"
     else:
         core = r"(?s:.*?)"
     if conv.width and conv.width != 0 and c != "s" and core != r"(?s:.*?)":
@@ -369,7 +378,7 @@ def info_parser(fmt: EventFormat, long_size: int = 8) -> Callable[[pl.Series], p
     args = list(pf.args)
     for part in parse_conversions(pf.fmt):
         if isinstance(part, str):
-            plan.regex.append(_esc(part))
+            plan.regex.append(_esc_literal(part))
             continue
         if part.width == -1 and args:
             args.pop(0)
@@ -407,6 +416,7 @@ def info_parser(fmt: EventFormat, long_size: int = 8) -> Callable[[pl.Series], p
                 cols.append(pl.lit(None, dt).alias(f.name))
         if not cols:
             return pl.DataFrame(schema={})
-        return df.select(cols)
+        # with_columns broadcasts the all-null literals to the input's height (a select of literals alone gives 1 row)
+        return df.with_columns(cols).select([f.name for f in fmt.own_fields])
 
     return parse

@@ -1,0 +1,53 @@
+"""The print fmt inversion on the forms the text reader meets: tracefs text (trailing blanks stripped, ``%p`` without
+``0x``, ``(null)``), and input that matches nothing (the frame keeps the input's height)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+import zstandard
+
+import tracekit
+from tracekit.formats import builtin_formats
+from tracekit.printfmt import info_parser
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "text" / "same_buffer"
+F = builtin_formats()
+
+
+def _tracefs_info(event: str) -> pl.Series:
+    """The ``info`` texts of one event in the tracefs text of the same_buffer recording, line ends stripped."""
+    text = zstandard.ZstdDecompressor().stream_reader((DATA / "trace.txt.zst").open("rb")).read().decode()
+    key = f" {event}: "
+    return pl.Series([ln.split(key, 1)[1].strip() for ln in text.splitlines() if key in ln])
+
+
+@pytest.mark.parametrize("name", sorted(F))
+def test_frame_height_is_the_input_height_when_nothing_matches(name: str) -> None:
+    out = info_parser(F[name])(pl.Series(["no such text", "", "x y z"]))
+    assert out.width == 0 or out.height == 3
+    assert out.columns == [f.name for f in F[name].own_fields]
+
+
+def test_kvm_pio_with_its_trailing_blank_stripped_equals_the_trace_dat() -> None:
+    info = _tracefs_info("kvm_pio")
+    assert len(info) and not info.str.ends_with(" ").any()
+    got = info_parser(F["kvm:kvm_pio"])(info)
+    want = tracekit.load(DATA / "trace.dat").events("kvm_pio").select(got.columns)
+    assert got.height == want.height
+    for c in got.columns:
+        assert got[c].to_list() == want[c].to_list(), c
+
+
+def test_tracefs_pointer_without_0x_and_null() -> None:
+    info = _tracefs_info("contention_begin")
+    assert len(info) and not info.str.starts_with("0x").any()
+    got = info_parser(F["lock:contention_begin"])(info)
+    want = info.str.split(" ").list.first().str.to_integer(base=16, dtype=pl.UInt64)
+    assert got["lock_addr"].cast(pl.UInt64).to_list() == want.to_list()
+    assert got["flags"].null_count() == 0
+    null = info_parser(F["lock:contention_begin"])(pl.Series(["(null) (flags=SPIN)", "(nil) (flags=READ)"]))
+    assert null["lock_addr"].to_list() == [0, 0]
+    assert null["flags"].to_list() == [1, 2]
