@@ -174,6 +174,7 @@ def convert(source: str | os.PathLike | Trace, out_dir: str | os.PathLike, *, ov
             raise ConfigError(f"{out}: exists and is not empty (use overwrite=True / --force)")
         if overwrite and (out / MANIFEST).is_file():
             shutil.rmtree(out)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "_tables").mkdir(exist_ok=True)
@@ -224,5 +225,11 @@ def convert(source: str | os.PathLike | Trace, out_dir: str | os.PathLike, *, ov
         (out / "metadata.json").write_text(json.dumps(summary, indent=2, default=str))
         (out / MANIFEST).write_text(json.dumps(_manifest(trace, files, counts, skipped), indent=1))
     except OSError as exc:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
         raise ConfigError(f"{out}: cannot write the dataset: {exc.strerror or exc}") from exc
+    except TracekitError:
+        if created:  # a streamed input that fails part-way leaves no half dataset behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return out
