@@ -112,7 +112,7 @@ def analyze_one(path: str, dataset_dir: str | None, config: Any = None, host_fro
     p = Path(path)
     try:
         if dataset_dir is not None:
-            target = convert(p, dataset_dir, overwrite=True)
+            target = convert(p, dataset_dir, overwrite=True, stream=True)  # trace.dat: page batches
         else:
             target = p
         a = analyze(target, config=config)
