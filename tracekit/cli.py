@@ -252,7 +252,9 @@ def _describe() -> pl.DataFrame:
 @app.command()
 def convert(path: Path = typer.Argument(..., help="trace.dat, perf.data, perf script or ftrace text"),
             output: Path = typer.Option(..., "-o", "--output", help="directory for the Parquet files"),
-            force: bool = typer.Option(False, "--force", help="replace OUTPUT when it holds a dataset")) -> None:
+            force: bool = typer.Option(False, "--force", help="replace OUTPUT when it holds a dataset"),
+            stream: bool = typer.Option(False, "--stream", help="trace.dat: read in batches of pages (bounded "
+                                        "memory); each event becomes DIR/<system>/<event>/part-N.parquet")) -> None:
     """Write one Parquet file per event (DIR/<system>/<event>.parquet, rows in ts order, bounded row groups),
     DIR/metadata.json (what `tracekit info` shows, lost events per CPU) and DIR/tracekit.json, the manifest
     `tracekit.load(DIR)` reads back lazily."""
@@ -261,14 +263,15 @@ def convert(path: Path = typer.Argument(..., help="trace.dat, perf.data, perf sc
     from .stream import convert as run_convert
 
     try:
-        tr = load_with_progress(path)
-        run_convert(tr, output, overwrite=force)
+        tr = None if stream else load_with_progress(path)
+        run_convert(path if stream else tr, output, overwrite=force, stream=stream)
         meta = json.loads((output / "metadata.json").read_text())
     except TracekitError as exc:
         _fail(exc)
     except OSError as exc:
         _fail(ConfigError(f"{output}: cannot write: {exc.strerror or exc}"))
-    console.print(f"{len(tr.frames)} events, {meta['events']:,} rows → {escape(str(output))}", highlight=False)
+    nev = len(json.loads((output / "tracekit.json").read_text())["events"])
+    console.print(f"{nev} events, {meta['events']:,} rows → {escape(str(output))}", highlight=False)
 
 
 @app.command("analyze-fleet")
