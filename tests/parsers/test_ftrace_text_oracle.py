@@ -22,12 +22,10 @@ SAME = DATA / "same_buffer"
 TSC = DATA / "same_buffer_tsc"
 SYNTH = DATA / "kvm_synth"
 
-#: fields the text cannot carry back, by (text file, event) → columns that come out null in the text. host_clock:
-#: the 6.18 format's symbol table names enum constants the kernel left unexpanded ({VDSO_CLOCKMODE_TSC, "tsc"}), so
-#: "tsc" has no number to map back to. The plugin's kvm_emulate_insn output omits the mode (flags).
+#: fields the text cannot carry back, by (text file, event) → columns that come out null in the text. The plugin's
+#: kvm_emulate_insn output omits the mode (flags). (host_clock, whose 6.18 table names the unexpanded enum
+#: VDSO_CLOCKMODE_TSC, is compared like any field: tracekit.printfmt.values.KERNEL_ENUMS maps "tsc" back to 1.)
 TEXT_NULLS = {
-    ("trace.txt.zst", "kvm_update_master_clock"): {"host_clock"},
-    ("trace.txt.zst", "kvm_track_tsc"): {"host_clock"},
     ("report.txt.zst", "kvm_emulate_insn"): {"flags"},
     ("report_t.txt.zst", "kvm_emulate_insn"): {"flags"},
 }
@@ -75,7 +73,6 @@ def test_tracefs_text_equals_trace_dat(dat_local):
     assert text.total_events == dat_local.total_events == 3542
     assert text.metadata["entries"] == "3542/3542" and text.metadata["cpus"] == 2
     assert _compare(text, dat_local, ts_exact=False, name="trace.txt.zst") == {}
-    # only host_clock (see TEXT_NULLS) is reported as not invertible
     assert {d.expected.split()[1] for d in text.damage} <= {"kvm_update_master_clock", "kvm_track_tsc"}
 
 

@@ -51,3 +51,28 @@ def test_tracefs_pointer_without_0x_and_null() -> None:
     null = info_parser(F["lock:contention_begin"])(pl.Series(["(null) (flags=SPIN)", "(nil) (flags=READ)"]))
     assert null["lock_addr"].to_list() == [0, 0]
     assert null["flags"].to_list() == [1, 2]
+
+
+@pytest.mark.parametrize("event", ["kvm_update_master_clock", "kvm_track_tsc"])
+def test_kernel_enum_names_in_symbol_tables(event: str) -> None:
+    """``{ VDSO_CLOCKMODE_TSC, "tsc" }``: tracefs prints ``tsc`` (the kernel knows the enum), trace-cmd ``0x1``
+    (libtraceevent does not); both texts invert to the trace.dat's value, the symbolic column names it, and the
+    rendering stays trace-cmd's."""
+    tsc = DATA.parent / "same_buffer_tsc"
+    dat = tracekit.load(tsc / "trace.dat")
+    want = dat.events(event, symbolic=True)
+    assert want.height and want["host_clock"].to_list() == [1] * want.height
+    assert want["host_clock_name"].to_list() == ["tsc"] * want.height
+    fmt = F[f"kvm:{event}"]
+    texts = {}
+    for name, enum_text in (("trace.txt.zst", "hostclock tsc"), ("report.txt.zst", "hostclock 0x1")):
+        text = zstandard.ZstdDecompressor().stream_reader((tsc / name).open("rb")).read().decode()
+        key = f" {event}: "
+        info = pl.Series([ln.split(key, 1)[1].strip() for ln in text.splitlines() if key in ln])
+        assert info.str.contains(enum_text, literal=True).all(), name
+        texts[name] = info
+        got = info_parser(fmt)(info)
+        for c in got.columns:
+            assert got[c].to_list() == want[c].to_list(), (name, c)
+    rendered = dat.render().filter(pl.col("event") == event)["info"]
+    assert rendered.to_list() == texts["report.txt.zst"].to_list()

@@ -76,6 +76,8 @@ class Compiler:
         schema: the frame's column dtypes.
         long_size: the traced kernel's ``sizeof(long)``.
         funcs: function map for ``%ps``; printk: address → string of the file's printk formats.
+        kernel_enums: symbol tables also know :data:`.values.KERNEL_ENUMS` (symbolic columns; rendering keeps
+            libtraceevent's view, in which those names match nothing).
     """
 
     fmt: EventFormat
@@ -83,6 +85,7 @@ class Compiler:
     long_size: int = 8
     funcs: FuncTable | None = None
     printk: dict[int, str] | None = None
+    kernel_enums: bool = False
 
     def __post_init__(self) -> None:
         # a field named like a frame column (sched_wake_idle_without_ipi's ``cpu``) is stored as ``cpu_``
@@ -338,14 +341,15 @@ class Compiler:
 
     # -- symbol tables ---------------------------------------------------------------------------------------------
     @staticmethod
-    def table(n: Call) -> list[tuple[int, str]]:
+    def table(n: Call, kernel_enums: bool = False) -> list[tuple[int, str]]:
         """The ``(value, name)`` entries of a ``__print_symbolic``/``__print_flags`` call, values as
-        libtraceevent's ``eval_flag`` computes them (-1 for names it cannot evaluate)."""
+        libtraceevent's ``eval_flag`` computes them (-1 for names it cannot evaluate; with ``kernel_enums`` the
+        names of :data:`.values.KERNEL_ENUMS` get the kernel's values)."""
         out = []
         for a in n.args:
             if isinstance(a, Pair):
                 name = a.name.value if isinstance(a.name, Str) else (a.name.text if isinstance(a.name, Num) else "")
-                v = flag_value(a.value)
+                v = flag_value(a.value, kernel_enums)
                 out.append((v if v >= 0 else -1, name))
         return out
 
@@ -353,7 +357,7 @@ class Compiler:
         """``__print_symbolic``: the first entry equal to the value, else ``0x%llx``."""
         v = self.num(n.args[0])
         seen: dict[int, str] = {}
-        for val, name in self.table(n):
+        for val, name in self.table(n, self.kernel_enums):
             key = val & _M64
             if key not in seen:
                 seen[key] = name
@@ -379,7 +383,7 @@ class Compiler:
         v = self.num(n.args[0])
         delim_node = n.args[1] if len(n.args) > 1 else Str("")
         delim = delim_node.value if isinstance(delim_node, Str) else ""
-        table = [(val, self._fmt_py(name, conv)) for val, name in self.table(n)]
+        table = [(val, self._fmt_py(name, conv)) for val, name in self.table(n, self.kernel_enums)]
 
         def f(s: pl.Series) -> pl.Series:
             rem = s.fill_null(0).to_numpy().astype(np.uint64)

@@ -106,7 +106,7 @@ def _field_of(n: Node, schema: dict[str, pl.DataType]) -> tuple[str | None, int 
 
 
 def _table(call: Call) -> list[tuple[int, str]]:
-    return [(v, name) for v, name in Compiler.table(call) if v >= 0]
+    return [(v, name) for v, name in Compiler.table(call, kernel_enums=True) if v >= 0]
 
 
 def _unsymbol(e: pl.Expr, table: list[tuple[int, str]]) -> pl.Expr:
@@ -196,11 +196,11 @@ def _str_pattern(arg: Node) -> str:
             return r"(?s:.*?)"
         return f"(?:{a}|{b})"
     if isinstance(arg, Call) and arg.name in ("__print_symbolic", "__print_symbolic_u64"):
-        names = [n for _, n in Compiler.table(arg)]
+        names = [n for _, n in Compiler.table(arg, kernel_enums=True)]
         return f"(?:{_alt(names)}|0x[0-9a-f]+)" if names else "0x[0-9a-f]+"
     if isinstance(arg, Call) and arg.name in ("__print_flags", "__print_flags_u64") and len(arg.args) > 1 \
             and isinstance(arg.args[1], Str):
-        names = [n for _, n in Compiler.table(arg)]
+        names = [n for _, n in Compiler.table(arg, kernel_enums=True)]
         one = f"(?:{_alt(names)}|0x[0-9a-f]+)" if names else "0x[0-9a-f]+"
         d = _esc(arg.args[1].value)
         return f"(?:{one}(?:{d}{one})*)?"

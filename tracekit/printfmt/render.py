@@ -234,6 +234,9 @@ def symbolic_columns(trace, fmt: EventFormat, df: pl.DataFrame) -> pl.DataFrame:
     ``flags & (A | B)``), masks, shifts and conditionals included, so kvm_exit's ``exit_reason_name`` follows the ``isa`` ternary: the VMX table
     when ``isa == 1``, the SVM table otherwise. When several arguments name the same field the first one wins
     (kvm_exit's second ``__print_flags`` on ``exit_reason``, which only adds ``FAILED_VMENTRY``, is not a column).
+    Table entries named by a kernel enum that no ``TRACE_DEFINE_ENUM`` exports (kvm_track_tsc's
+    ``VDSO_CLOCKMODE_TSC``) get the kernel's value from :data:`.values.KERNEL_ENUMS`, as tracefs prints them;
+    :func:`render_trace` keeps libtraceevent's ``0x1``.
 
     Args:
         trace: the trace (for ``long_size`` and kallsyms); may be None.
@@ -248,7 +251,7 @@ def symbolic_columns(trace, fmt: EventFormat, df: pl.DataFrame) -> pl.DataFrame:
     except Exception:  # noqa: BLE001 - no symbolic columns for a print fmt the grammar rejects
         return df
     comp = Compiler(fmt, dict(df.schema), _long_size(trace) if trace is not None else 8,
-                    _funcs(trace) if trace is not None else None, None)
+                    _funcs(trace) if trace is not None else None, None, kernel_enums=True)
     new: list[pl.Expr] = []
     seen: set[str] = set()
     for arg in pf.args:

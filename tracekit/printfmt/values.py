@@ -15,7 +15,7 @@ import polars as pl
 
 from .grammar import Binary, Call, Cast, Cond, Ident, Node, Num, PrintFmt, Raw, Str, Unary
 
-__all__ = ["KNOWN_HELPERS", "SYMBOLIC_HELPERS", "FuncTable", "flag_value", "failed_reason", "hex_expr", "fold",
+__all__ = ["KERNEL_ENUMS", "KNOWN_HELPERS", "SYMBOLIC_HELPERS", "FuncTable", "flag_value", "failed_reason", "hex_expr", "fold",
            "cast_mask"]
 
 U64 = pl.UInt64
@@ -36,6 +36,16 @@ _KNOWN_FLAGS = {
     "HI_SOFTIRQ": 0, "TIMER_SOFTIRQ": 1, "NET_TX_SOFTIRQ": 2, "NET_RX_SOFTIRQ": 3, "BLOCK_SOFTIRQ": 4,
     "IRQ_POLL_SOFTIRQ": 5, "TASKLET_SOFTIRQ": 6, "SCHED_SOFTIRQ": 7, "HRTIMER_SOFTIRQ": 8, "RCU_SOFTIRQ": 9,
     "HRTIMER_NORESTART": 0, "HRTIMER_RESTART": 1,
+}
+#: Kernel enum constants that 6.x formats print by name in ``__print_symbolic`` tables because no
+#: ``TRACE_DEFINE_ENUM`` exports them. Their compiled values, for what the kernel itself prints (tracefs text, the
+#: meaning of symbolic columns); libtraceevent does not know them (its eval_flag gives -1, so trace-cmd prints
+#: ``0x1``), and rendering keeps that. Sources: include/vdso/clocksource.h (``enum vdso_clock_mode``: NONE first,
+#: then ``VDSO_ARCH_CLOCKMODES``, then MAX, TIMENS = INT_MAX) and arch/x86/include/asm/vdso/clocksource.h
+#: (``VDSO_ARCH_CLOCKMODES`` = TSC, PVCLOCK, HVCLOCK) — used by kvm_update_master_clock / kvm_track_tsc.
+KERNEL_ENUMS = {
+    "VDSO_CLOCKMODE_NONE": 0, "VDSO_CLOCKMODE_TSC": 1, "VDSO_CLOCKMODE_PVCLOCK": 2, "VDSO_CLOCKMODE_HVCLOCK": 3,
+    "VDSO_CLOCKMODE_MAX": 4, "VDSO_CLOCKMODE_TIMENS": 0x7FFFFFFF,
 }
 _CAST_MASKS = {"u8": 0xFF, "u16": 0xFFFF, "u32": 0xFFFFFFFF, "s8": 0xFF, "s16": 0xFFFF, "s32": 0xFFFFFFFF}
 _HEX_LOWER = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -83,11 +93,19 @@ def _const_eval(node: Node) -> int | None:
     return None
 
 
-def flag_value(node: Node) -> int:
+def flag_value(node: Node, kernel_enums: bool = False) -> int:
     """The value libtraceevent compares with for one ``{ value, "name" }`` entry (``arg_eval`` then ``eval_flag``):
-    a literal as spelled (``0x20`` → 32), an expression folded to decimal, a name it does not know → -1."""
+    a literal as spelled (``0x20`` → 32), an expression folded to decimal, a name it does not know → -1.
+
+    Args:
+        node: the entry's value expression.
+        kernel_enums: also know the names of :data:`KERNEL_ENUMS` (the kernel's values, not libtraceevent's).
+
+    Returns:
+        The value, or -1 for a name that is not known.
+    """
     if isinstance(node, Cast):
-        return flag_value(node.operand)
+        return flag_value(node.operand, kernel_enums)
     if isinstance(node, Num):
         text = node.text
     elif isinstance(node, Ident):
@@ -99,6 +117,8 @@ def flag_value(node: Node) -> int:
         text = str(v)
     if text[:1].isdigit():
         return _c_strtoll(text.rstrip("uUlL")) & _M64
+    if kernel_enums and text in KERNEL_ENUMS:
+        return KERNEL_ENUMS[text]
     return _KNOWN_FLAGS.get(text, -1)
 
 
