@@ -13,10 +13,12 @@ Layout of a converted DIR (``DATASET_VERSION``)::
 buffer, CPU, then ring-buffer order), so row-group statistics on ``ts`` are monotone and a ``ts`` filter prunes
 row groups. Rows of different events are in different files; no order across files is promised.
 
-Memory: the conversion reads the input with the ordinary in-memory reader, then builds, writes and drops ONE event
-frame at a time. Peak RSS is therefore the reader's (page buffer and record index of the whole input) plus the
-largest single event frame — it grows with the input. A page-batched reader (bounded batches of pages merged by
-time window) is not implemented yet; ``benchmarks/bench_stream_rss.py`` measures the growth.
+Memory: with ``stream=True`` a trace.dat is read in batches of pages (``parsers/tracedat/stream.py``); each batch's
+rows of each event become a sorted run file (``DIR/_runs``, removed at the end), then per event, time windows of
+about PART_ROWS rows read only the runs overlapping them, sort and write ``<system>/<event>/part-NNNNN.parquet``
+(parts in ts order). Peak RSS then stops growing with the input once the windows reach their cap
+(``benchmarks/bench_stream_rss.py``). Without it (and for every other input) the ordinary in-memory reader runs and
+ONE event frame at a time is built, written and dropped: peak RSS grows with the input.
 """
 
 from __future__ import annotations
