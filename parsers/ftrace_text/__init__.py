@@ -302,8 +302,12 @@ def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int]
 
 def _with_stacks(frame: pl.DataFrame, stacks: pl.DataFrame, fmt: EventFormat | None, long_size: int) -> pl.DataFrame:
     """Join the frame lines of each stack event; ``size`` is the frame count when the text did not give it."""
-    j = frame.join(stacks.rename({"owner": "line_no", "caller": "_caller"}), on="line_no", how="left",
-                   maintain_order="left")
+    own = stacks.rename({"owner": "line_no", "caller": "_caller"})
+    if own.height == frame.height and own["line_no"].equals(frame["line_no"].cast(own.schema["line_no"])):
+        # every stack event has its frames, in the same (line) order: no join needed
+        j = pl.concat([frame, own.drop("line_no")], how="horizontal")
+    else:
+        j = frame.join(own, on="line_no", how="left", maintain_order="left")
     j = j.with_columns(pl.col("callers").fill_null(pl.lit([], dtype=pl.List(pl.String))))
     if "size" in j.columns:
         j = j.with_columns(pl.coalesce(pl.col("size"), pl.col("callers").list.len().cast(j.schema["size"]))
