@@ -30,7 +30,7 @@ from tracekit.symbols import Kallsyms
 
 from . import layout as L
 from .fields import Payloads, event_columns
-from .pages import build_pageset, walk
+from .pages import build_pageset, pageset_bytes, walk
 from .sections import Blob, FileInfo, cpu_chunks, fill_chunks, read_info
 
 __all__ = ["sniff", "read"]
@@ -267,10 +267,9 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
     blob = Blob(mm, path, info.big_endian)
     total = sum(c.size for b in buffers for c in b.cpus) or 1
     done = 0
-    bufs, cols, lost_rows, marks = [], [], [], []
-    base = 0
+    cols, lost_rows, marks = [], [], []
+    plans = []
     for g, b in enumerate(buffers):
-        page_size = b.page_size or info.page_size
         parts = []
         for c in b.cpus:
             try:
@@ -279,15 +278,21 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
                 damage.append(exc)
                 continue
             parts.append((g, c.cpu, chunks, c.offset, b.compressed))
+        plans.append((b.page_size or info.page_size, parts))
+    # every buffer's pages in one allocation: each buffer fills its own slice, nothing is concatenated afterwards
+    room = [pageset_bytes(parts, page_size) for page_size, parts in plans]
+    buf = np.zeros(sum(room) + 16, np.uint8)
 
-        def fill(chunks, dest, compressed):
-            nonlocal done
-            fill_chunks(blob, info, chunks, dest, compressed)
-            done += sum(ch[1] for ch in chunks)
-            if progress is not None:
-                progress(done, total)
+    def fill(chunks, dest, compressed):
+        nonlocal done
+        fill_chunks(blob, info, chunks, dest, compressed)
+        done += sum(ch[1] for ch in chunks)
+        if progress is not None:
+            progress(done, total)
 
-        ps = build_pageset(parts, page_size, path, damage, fill)
+    base = 0
+    for (page_size, parts), n in zip(plans, room, strict=True):
+        ps = build_pageset(parts, page_size, path, damage, fill, buf[base:])
         recs = walk(ps, page_size, long_size, info.big_endian, path)
         damage.extend(recs.damage)
         if base:
@@ -297,10 +302,8 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
         lost_rows.append((ps.cpu, ps.group, recs.lost))
         if recs.lost.any():
             marks.append(_lost_marks(ps, recs, md, info.big_endian))
-        del recs
-        bufs.append(ps.buf)
-        base += len(ps.buf)
-    buf = np.concatenate(bufs) if len(bufs) > 1 else (bufs[0] if bufs else np.zeros(16, np.uint8))
+        del recs, ps
+        base += n
     if len(cols) == 1:
         data, length, ts, cpu, group = cols[0]
     else:

@@ -56,19 +56,26 @@ class Records:
     damage: list[ParseError]
 
 
+def pageset_bytes(parts: list[tuple[int, int, list, int, bool]], page_size: int) -> int:
+    """Bytes :func:`build_pageset` lays ``parts`` out in (whole pages, without the 16 bytes of padding)."""
+    return sum(-(-sum(ch[2] for ch in chunks) // page_size) * page_size for _g, _c, chunks, _o, _z in parts)
+
+
 def build_pageset(parts: list[tuple[int, int, list, int, bool]], page_size: int, path: str,
-                  damage: list[ParseError], fill) -> PageSet:
+                  damage: list[ParseError], fill, dest: np.ndarray | None = None) -> PageSet:
     """Lay out per-CPU page data in one buffer, each CPU's pages copied (or decompressed) straight into place.
 
     Args:
         parts: ``(group, cpu, chunks, file offset, compressed)`` per CPU; ``chunks`` as sections.cpu_chunks gives.
         fill: ``fill(chunks, dest, compressed)`` copies/decompresses the chunks into ``dest``.
+        dest: zeroed uint8 room of at least ``pageset_bytes(parts, page_size) + 16`` bytes to lay the pages out in
+            (several buffers then share one allocation, never concatenated); default: a new array.
 
     A trailing partial page is reported in ``damage`` and skipped.
     """
     sizes = [sum(ch[2] for ch in chunks) for _g, _c, chunks, _o, _z in parts]
     padded = [-(-n // page_size) * page_size for n in sizes]
-    buf = np.zeros(sum(padded) + 16, np.uint8)
+    buf = np.zeros(sum(padded) + 16, np.uint8) if dest is None else dest[:sum(padded) + 16]
     at = np.concatenate([[0], np.cumsum(padded)]).astype(np.int64) if padded else np.zeros(1, np.int64)
 
     def one(i: int) -> ParseError | None:
