@@ -389,9 +389,10 @@ class Symbolizer:
     def _callchains(self, flat: np.ndarray, cnt: np.ndarray, pid: np.ndarray,
                     order: np.ndarray) -> tuple[pl.Series, pl.Series]:
         """``callchain`` and ``callchain_ip`` List columns from the raw callchains (``flat`` words, ``cnt`` per
-        sample), returned in the row ``order`` given. Samples repeat the same few stacks, so each distinct (pid, stack) is stripped of its context
-        markers, named and listed once, then gathered per sample; stacks are told apart by two 64-bit
-        hashes (of address and depth) and their length, and any collision falls back to one stack per sample."""
+        sample), returned in the row ``order`` given. Samples repeat the same few stacks, so each distinct (pid,
+        stack) is stripped of its context markers, named and listed once, then gathered per sample; stacks are
+        grouped by a 64-bit hash (of address and depth) and then compared frame by frame with their group's first
+        stack; any collision falls back to one stack per sample."""
         n = len(cnt)
         offs = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(cnt, out=offs[1:])
@@ -402,16 +403,18 @@ class Symbolizer:
         np.cumsum(userish, out=cu[1:])
         has_user = (cu[offs[1:]] - cu[offs[:-1]]) > 0
         rowpid = np.where(has_user, np.asarray(pid).astype(np.int64), -1).astype(np.uint64)
-        hashes = []
         with np.errstate(over="ignore"):
-            for seed in (_MIX1, _MIX2):
-                v = _mix(flat ^ (depth * seed))
-                cs = np.zeros(len(flat) + 1, dtype=np.uint64)
-                np.cumsum(v, out=cs[1:])
-                hashes.append((cs[offs[1:]] - cs[offs[:-1]]) ^ _mix(rowpid * seed + cnt.astype(np.uint64)))
-        _, first, inv = np.unique(hashes[0], return_index=True, return_inverse=True)
-        same = ((hashes[1][first][inv] == hashes[1]).all() and (cnt[first][inv] == cnt).all()
-                and (rowpid[first][inv] == rowpid).all())
+            v = (flat ^ (depth * _MIX1)) * _MIX2  # one multiply-xorshift per frame; collisions are checked below
+            v ^= v >> np.uint64(29)
+            cs = np.zeros(len(flat) + 1, dtype=np.uint64)
+            np.cumsum(v, out=cs[1:])
+            h = (cs[offs[1:]] - cs[offs[:-1]]) ^ _mix(rowpid * _MIX1 + cnt.astype(np.uint64))
+        _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+        # exact check: every stack equals the first stack with its hash, frame by frame
+        same = (cnt[first][inv] == cnt).all() and (rowpid[first][inv] == rowpid).all()
+        if same and len(flat):
+            rep = np.repeat(offs[:-1][first][inv] - offs[:-1], cnt) + np.arange(len(flat), dtype=np.int64)
+            same = bool((flat[rep] == flat).all())
         if not same:  # a collision: no sharing
             first, inv = np.arange(n), np.arange(n)
         ucnt = cnt[first]
@@ -435,7 +438,7 @@ class Symbolizer:
         upid = np.repeat(np.asarray(pid)[first], ucnt)
         ukern = (uctx == CTX_KERNEL) | ((uctx == 0) & (uflat >= KERNEL_START))
         usym, _ = self.resolve(upid, uflat, ukern)
-        urow = np.repeat(np.arange(len(first), dtype=np.int64), ucnt)
+        urow = pl.Series("row", np.repeat(np.arange(len(first), dtype=np.int64), ucnt)).set_sorted()  # sorted fast path
         lists = (pl.DataFrame({"row": urow, "callchain": usym, "callchain_ip": pl.Series(uflat, dtype=pl.UInt64)})
                  .group_by("row", maintain_order=True).agg("callchain", "callchain_ip"))
         # stacks left empty get the one empty list appended after the grouped ones
@@ -456,29 +459,40 @@ class Symbolizer:
             comm = pl.lit(None, dtype=pl.String)
             return df.with_columns(pl.when(pl.col("pid") == 0).then(pl.lit("swapper")).otherwise(comm).alias("comm"))
         has_ts = "ts" in c.columns and "ts" in df.columns
-        cc = c.select(pl.col("tid").cast(pl.Int32), (pl.col("ts") if has_ts else pl.lit(0)).cast(pl.Int64).alias(
-            "_cts"), pl.col("comm")).sort("_cts", maintain_order=True)
-        left = df.select("tid", "pid", (pl.col("ts") if "ts" in df.columns else pl.lit(0)).cast(pl.Int64)
-                         .alias("_cts"), pl.int_range(pl.len()).alias("_row")).sort("_cts", maintain_order=True)
+        # joined as integer codes into the distinct comm strings; the strings are gathered once at the end
+        names, code = np.unique(c["comm"].fill_null("").to_numpy().astype(object), return_inverse=True)
+        cc = pl.DataFrame({"tid": c["tid"].cast(pl.Int32), "_cts": c["ts"].cast(pl.Int64) if has_ts else
+                           pl.Series(np.zeros(c.height, dtype=np.int64)), "_code": code.astype(np.int32)})
+        cc = cc.with_columns(pl.when(c["comm"].is_null()).then(None).otherwise(pl.col("_code")).alias("_code"))
+        cc = cc.sort("_cts", maintain_order=True)
+        n = df.height
+        cts = df["ts"].cast(pl.Int64).to_numpy() if "ts" in df.columns else np.zeros(n, dtype=np.int64)
+        order = np.argsort(cts, kind="stable")
+        left = pl.DataFrame({"tid": df["tid"].to_numpy()[order], "_cts": cts[order],
+                             "_row": order.astype(np.int64)}).with_columns(pl.col("_cts").set_sorted())
         j = left.join_asof(cc, on="_cts", by="tid", strategy="backward", check_sortedness=False)
+        got = np.full(n, -1, dtype=np.int64)
+        got[j["_row"].to_numpy()] = j["_code"].fill_null(-1).to_numpy()
         # a thread with no COMM yet carries the comm its parent had when it forked (up the fork chain)
-        if self.fork is not None and self.fork.height and j["comm"].null_count():
+        if self.fork is not None and self.fork.height and (got < 0).any():
             fk = (self.fork.select(pl.col("tid").cast(pl.Int32), pl.col("ptid").cast(pl.Int32),
                                    pl.col("time").cast(pl.Int64).alias("_ftime")).unique("tid", keep="last"))
-            anc = j.filter(pl.col("comm").is_null()).select("_row", pl.col("tid").alias("_anc"))
-            found = []
+            miss = np.nonzero(got < 0)[0]
+            anc = pl.DataFrame({"_row": miss.astype(np.int64), "_anc": df["tid"].to_numpy()[miss]})
             for _ in range(16):
                 anc = anc.join(fk, left_on="_anc", right_on="tid", how="inner")
                 if not anc.height:
                     break
                 look = anc.select("_row", pl.col("ptid").alias("tid"), pl.col("_ftime").alias("_cts")).sort("_cts")
-                got = look.join_asof(cc, on="_cts", by="tid", strategy="backward", check_sortedness=False)
-                found.append(got.filter(pl.col("comm").is_not_null()).select("_row", pl.col("comm").alias("_pc")))
-                anc = got.filter(pl.col("comm").is_null()).select("_row", pl.col("tid").alias("_anc"))
-            if found:
-                j = (j.join(pl.concat(found).unique("_row"), on="_row", how="left")
-                     .with_columns(pl.coalesce("comm", "_pc").alias("comm")).drop("_pc"))
-        j = j.with_columns(pl.when(pl.col("comm").is_null() & (pl.col("pid") == 0)).then(pl.lit("swapper"))
-                           .when(pl.col("comm").is_null()).then(pl.format(":{}", pl.col("tid")))
-                           .otherwise(pl.col("comm")).alias("comm"))
-        return df.with_columns(j.sort("_row")["comm"])
+                hit = look.join_asof(cc, on="_cts", by="tid", strategy="backward", check_sortedness=False)
+                found = hit.filter(pl.col("_code").is_not_null())
+                rows = found["_row"].to_numpy()
+                first = rows[got[rows] < 0]
+                got[first] = found.filter(pl.Series(got[rows] < 0))["_code"].to_numpy()
+                anc = hit.filter(pl.col("_code").is_null()).select("_row", pl.col("tid").alias("_anc"))
+        comm = pl.Series("comm", np.append(names, None), dtype=pl.String).gather(
+            pl.Series(np.where(got < 0, len(names), got)))
+        return df.with_columns(comm).with_columns(
+            pl.when(pl.col("comm").is_null() & (pl.col("pid") == 0)).then(pl.lit("swapper"))
+            .when(pl.col("comm").is_null()).then(pl.format(":{}", pl.col("tid"))).otherwise(pl.col("comm"))
+            .alias("comm"))
