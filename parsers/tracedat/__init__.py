@@ -166,8 +166,17 @@ class _State:
 def _frame(st: _State, fmt: EventFormat, data: np.ndarray, length: np.ndarray, ts: np.ndarray, cpu: np.ndarray,
            group: np.ndarray) -> pl.DataFrame:
     width = max([f.offset + f.size for f in fmt.fields] + [int(length.max()) if len(length) else 0])
-    p = Payloads(st.buf, data, length, st.big, st.long_size, width)
+    direct = frozenset()
+    if not any(f.is_dynamic or f.array_len == 0 for f in fmt.fields) and not (fmt.system == "ftrace"
+                                                                               and fmt.name == "kernel_stack"):
+        # fixed 4-/8-byte element arrays (sys_enter's args[6]) skip the record block: gathered straight out
+        direct = frozenset(f.name for f in fmt.fields if f.array_len and not f.is_string and f.offset % 4 == 0
+                           and f.element_size(st.long_size) in (4, 8) and f.size % 4 == 0)
+        if direct:
+            width = max([f.offset + f.size for f in fmt.fields if f.name not in direct] + [4])
+    p = Payloads(st.buf, data, length, st.big, st.long_size, width, direct)
     cols = event_columns(fmt, p)
+    del p
     out: dict[str, pl.Series] = {"ts": pl.Series("ts", ts, dtype=pl.Int64), "cpu": pl.Series("cpu", cpu, dtype=pl.Int32)}
     if len(st.buffer_names) > 1:
         out["buffer"] = pl.Series("buffer", st.buffer_names, dtype=pl.String).gather(group.astype(np.uint32))

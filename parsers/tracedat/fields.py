@@ -20,11 +20,15 @@ class Payloads:
     """The records of one event: ``buf`` (uint8), payload offsets ``off`` and lengths ``length``."""
 
     def __init__(self, buf: np.ndarray, off: np.ndarray, length: np.ndarray, big: bool, long_size: int,
-                 width: int = 0):
+                 width: int = 0, direct: frozenset = frozenset()):
         self.length = length.astype(np.int64)
         self.big = big
         self.long_size = long_size
         u32 = buf[: len(buf) // 4 * 4].view(">u4" if big else "<u4")
+        # fixed arrays named in ``direct`` (4-byte aligned, 4/8-byte elements, past ``width``) are gathered from the
+        # page buffer straight into their final matrix, so the record block needs not hold them
+        self.direct = direct
+        self.src = (buf[: len(buf) // 4 * 4].view(np.uint32), off)
         if width and len(off):
             # gather every record (4-byte aligned) into one row of a compact block once: the field gathers
             # below then read memory in order instead of jumping across the whole page buffer per field
@@ -151,7 +155,9 @@ class Payloads:
         inner = dt.inner
         np_inner = {1: np.uint8, 2: np.uint16, 4: np.uint32}.get(es, np.uint64)
         blk = self.block
-        if (np.isscalar(start) and blk is not None and es in (1, 2, 4, 8) and width
+        if f.name in self.direct and width and count is None:
+            mat = self._direct(int(start), width, es, np_inner)
+        elif (np.isscalar(start) and blk is not None and es in (1, 2, 4, 8) and width
                 and start + width * es <= blk.shape[1] * 4):
             # the elements lie side by side in every row of the record block: one strided copy
             raw = np.ascontiguousarray(blk.view(np.uint8)[:, start:start + width * es])
@@ -167,6 +173,19 @@ class Payloads:
         if f.array_len and not f.is_dynamic and count is None:
             return s
         return pl.DataFrame({f.name: s, "_n": n_el}).select(pl.col(f.name).list.head(pl.col("_n"))).to_series()
+
+    def _direct(self, start: int, width: int, es: int, np_inner) -> np.ndarray:
+        """``width`` elements of ``es`` (4 or 8) bytes at 4-aligned payload offset ``start`` of every record, raw
+        words gathered from the page buffer into the final (rows, width) matrix in row chunks."""
+        raw32, off = self.src
+        words = width * es // 4
+        out = np.empty((len(off), words), np.uint32)
+        cols = np.arange(words, dtype=np.int64) + start // 4
+        step = max(1, (_ROW_CHUNK * 8) // words)
+        for lo in range(0, len(off), step):
+            np.take(raw32, (off[lo:lo + step] >> 2)[:, None] + cols, out=out[lo:lo + step], mode="clip")
+        mat = out.view(f"{'>' if self.big else '<'}u{es}")
+        return mat.astype(np_inner) if self.big else mat.view(np_inner)
 
     def column(self, f: Field) -> pl.Series:
         if f.is_string:
