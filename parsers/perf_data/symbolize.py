@@ -359,6 +359,9 @@ class Symbolizer:
             order = np.argsort(df["ts"].to_numpy(), kind="stable")
         else:
             order = np.arange(n, dtype=np.int64)
+        pid0 = df["pid"].to_numpy() if "pid" in df.columns else np.full(n, -1, dtype=np.int32)
+        pid, ip, misc = pid0[order], df["ip"].to_numpy()[order], df["misc"].to_numpy()[order]
+        kern = ((misc & 7) == 1) | (((misc & 7) == 0) & (ip >= KERNEL_START))
         chains = None
         if "_cc_part" in df.columns:
             flats, counts = [], []
@@ -366,15 +369,13 @@ class Symbolizer:
                 ips, offs = cc_parts[k]
                 flats.append(ips)
                 counts.append(np.diff(offs))
-            pid0 = df["pid"].to_numpy() if "pid" in df.columns else np.full(n, -1, dtype=np.int32)
-            chains = self._callchains(np.concatenate(flats), np.concatenate(counts), pid0, order)
+            # the sample addresses are named in the same pass as the stacks' (most are their first frame)
+            *chains, sym, dso = self._callchains(np.concatenate(flats), np.concatenate(counts), pid0, order,
+                                                 (pid, ip, kern))
             df = df.drop("_cc_part", "_cc_n")
+        else:
+            sym, dso = self.resolve(pid, ip, kern)
         df = df[order] if n else df
-        pid = df["pid"].to_numpy() if "pid" in df.columns else np.full(n, -1, dtype=np.int32)
-        ip = df["ip"].to_numpy()
-        misc = df["misc"].to_numpy()
-        kern = ((misc & 7) == 1) | (((misc & 7) == 0) & (ip >= KERNEL_START))
-        sym, dso = self.resolve(pid, ip, kern)
         df = df.with_columns(sym.alias("sym"), dso.alias("dso"))
         if chains is not None:
             df = df.with_columns(*chains)
@@ -386,10 +387,11 @@ class Symbolizer:
                             "callchain_ip") if c in df.columns]
         return df.select(lead + [c for c in df.columns if c not in lead])
 
-    def _callchains(self, flat: np.ndarray, cnt: np.ndarray, pid: np.ndarray,
-                    order: np.ndarray) -> tuple[pl.Series, pl.Series]:
+    def _callchains(self, flat: np.ndarray, cnt: np.ndarray, pid: np.ndarray, order: np.ndarray,
+                    extra: tuple) -> tuple[pl.Series, pl.Series, pl.Series, pl.Series]:
         """``callchain`` and ``callchain_ip`` List columns from the raw callchains (``flat`` words, ``cnt`` per
-        sample), returned in the row ``order`` given. Samples repeat the same few stacks, so each distinct (pid,
+        sample), returned in the row ``order`` given, then the (sym, dso) of the ``extra`` (pid, ip, kernel)
+        addresses, resolved in the same pass. Samples repeat the same few stacks, so each distinct (pid,
         stack) is stripped of its context markers, named and listed once, then gathered per sample; stacks are
         grouped by a 64-bit hash (of address and depth) and then compared frame by frame with their group's first
         stack; any collision falls back to one stack per sample."""
@@ -437,7 +439,12 @@ class Symbolizer:
         ucnt = np.diff(uoffs)
         upid = np.repeat(np.asarray(pid)[first], ucnt)
         ukern = (uctx == CTX_KERNEL) | ((uctx == 0) & (uflat >= KERNEL_START))
-        usym, _ = self.resolve(upid, uflat, ukern)
+        epid, eip, ekern = extra
+        m = len(uflat)
+        allsym, alldso = self.resolve(np.concatenate([np.asarray(upid, dtype=np.int64), np.asarray(epid, np.int64)]),
+                                      np.concatenate([uflat, np.asarray(eip, dtype=np.uint64)]),
+                                      np.concatenate([ukern, ekern]))
+        usym = allsym.slice(0, m)
         urow = pl.Series("row", np.repeat(np.arange(len(first), dtype=np.int64), ucnt)).set_sorted()  # sorted fast path
         lists = (pl.DataFrame({"row": urow, "callchain": usym, "callchain_ip": pl.Series(uflat, dtype=pl.UInt64)})
                  .group_by("row", maintain_order=True).agg("callchain", "callchain_ip"))
@@ -449,7 +456,8 @@ class Symbolizer:
         where = np.full(len(first), lists.height, dtype=np.int64)
         where[lists["row"].to_numpy()] = np.arange(lists.height)
         idx = pl.Series(where[inv[order]])
-        return full["callchain"].gather(idx), full["callchain_ip"].gather(idx)
+        return (full["callchain"].gather(idx), full["callchain_ip"].gather(idx), allsym.slice(m).alias("sym"),
+                alldso.slice(m).alias("dso"))
 
     def _comm(self, df: pl.DataFrame) -> pl.DataFrame:
         if "tid" not in df.columns:
