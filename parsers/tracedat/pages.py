@@ -185,7 +185,15 @@ def _walk_range(ps: PageSet, lo: int, hi: int, page_size: int, long_size: int, b
     off = dstart[p]
     end = off + size[p]
     cur = ts[p]
-    out_page, out_data, out_len, out_ts = [], [], [], []
+    # every step advances each live page by at least one 4-byte header, so a page yields at most size/4 records:
+    # the outputs are written in place into arrays of that bound (untouched pages of np.empty cost no memory),
+    # instead of hundreds of per-step pieces that fragment the heap and are concatenated at the end
+    cap = int(size[p].sum()) // 4 + 1
+    out_page = np.empty(cap, np.int32)
+    out_data = np.empty(cap, np.int64)
+    out_len = np.empty(cap, np.int32)
+    out_ts = np.empty(cap, np.uint64)
+    k = 0
     shift = np.uint64(L.TS_SHIFT)
     last_word = len(u32) - 1
     while p.size:
@@ -230,19 +238,19 @@ def _walk_range(ps: PageSet, lo: int, hi: int, page_size: int, long_size: int, b
             ok = is_ev & ~broken
         else:
             ok = is_ev
-        out_page.append((p[ok] + lo).astype(np.int32))
-        out_data.append(doff[ok])
-        out_len.append(dlen[ok].astype(np.int32))
-        out_ts.append(cur[ok])
+        sel = np.flatnonzero(ok)
+        m = sel.size
+        np.add(p[sel], lo, out=out_page[k:k + m], casting="unsafe")
+        np.take(doff, sel, out=out_data[k:k + m])
+        out_len[k:k + m] = dlen[sel]
+        np.take(cur, sel, out=out_ts[k:k + m])
+        k += m
         keep = nxt < end
         if broken is not None:
             keep &= ~broken
         p, off, end, cur = p[keep], nxt[keep], end[keep], cur[keep]
-    page = _cat(out_page, np.int32)
-    data = _cat(out_data, np.int64)
-    length = _cat(out_len, np.int32)
-    rts = _cat(out_ts, np.uint64)
-    del out_page, out_data, out_len, out_ts  # the per-step pieces: keep peak memory at one copy
+    page, data, length, rts = out_page[:k], out_data[:k], out_len[:k], out_ts[:k]
+    del out_page, out_data, out_len, out_ts  # the views keep them alive until the page-order gathers below
     if reason:
         drop = bad[page - lo]
         page, data, length, rts = page[~drop], data[~drop], length[~drop], rts[~drop]
