@@ -38,6 +38,37 @@ def _mix(v: np.ndarray) -> np.ndarray:
         return v ^ (v >> np.uint64(31))
 
 
+def _factorize_small(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(v, return_inverse=True)`` for integers of a small range (pids), by a table instead of a sort."""
+    if not len(v):
+        return v[:0], np.zeros(0, dtype=np.int64)
+    lo, hi = int(v.min()), int(v.max())
+    if hi - lo >= 1 << 24:
+        return np.unique(v, return_inverse=True)
+    present = np.zeros(hi - lo + 1, dtype=bool)
+    present[v - lo] = True
+    rank = np.cumsum(present) - 1
+    return np.nonzero(present)[0].astype(v.dtype) + lo, rank[v - lo]
+
+
+def _first_and_inverse(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(h, return_index=True, return_inverse=True)[1:]`` with one unstable sort (first occurrences are
+    found by a reversed scatter, not a stable sort)."""
+    if not len(h):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    perm = np.argsort(h)
+    s = h[perm]
+    new = np.empty(len(h), dtype=bool)
+    new[0] = True
+    np.not_equal(s[1:], s[:-1], out=new[1:])
+    rank = np.cumsum(new) - 1
+    inv = np.empty(len(h), dtype=np.int64)
+    inv[perm] = rank
+    first = np.empty(int(rank[-1]) + 1, dtype=np.int64)
+    first[inv[::-1]] = np.arange(len(h) - 1, -1, -1, dtype=np.int64)  # the last write per slot is the first row
+    return first, inv
+
+
 def perf_kallsyms(ks: Kallsyms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """kallsyms as perf loads it: text/data/bss symbols only; of several at one address the last one listed wins
     (perf gives the earlier ones zero length when it fixes up symbol ends, then prefers the one with a length)."""
@@ -331,7 +362,7 @@ class Symbolizer:
         ksym, kdso = self._kernel(uk)
         codes[kernel] = kinv
         user = ~kernel
-        upid, prank = np.unique(np.asarray(pid)[user], return_inverse=True)
+        upid, prank = _factorize_small(np.asarray(pid, dtype=np.int64)[user])
         ukey = (prank.astype(np.uint64) << _USER_BITS) | (ip[user] & _USER_MASK)
         big = ip[user] >= _USER_LIMIT  # not a user address: keep it apart (resolves to [unknown])
         ukey[big] = ip[user][big]
@@ -411,7 +442,7 @@ class Symbolizer:
             cs = np.zeros(len(flat) + 1, dtype=np.uint64)
             np.cumsum(v, out=cs[1:])
             h = (cs[offs[1:]] - cs[offs[:-1]]) ^ _mix(rowpid * _MIX1 + cnt.astype(np.uint64))
-        _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+        first, inv = _first_and_inverse(h)
         # exact check: every stack equals the first stack with its hash, frame by frame
         same = (cnt[first][inv] == cnt).all() and (rowpid[first][inv] == rowpid).all()
         if same and len(flat):
