@@ -529,9 +529,12 @@ class Symbolizer:
                 first = rows[got[rows] < 0]
                 got[first] = found.filter(pl.Series(got[rows] < 0))["_code"].to_numpy()
                 anc = hit.filter(pl.col("_code").is_null()).select("_row", pl.col("tid").alias("_anc"))
-        comm = pl.Series("comm", np.append(names, None), dtype=pl.String).gather(
-            pl.Series(np.where(got < 0, len(names), got)))
-        return df.with_columns(comm).with_columns(
-            pl.when(pl.col("comm").is_null() & (pl.col("pid") == 0)).then(pl.lit("swapper"))
-            .when(pl.col("comm").is_null()).then(pl.format(":{}", pl.col("tid"))).otherwise(pl.col("comm"))
-            .alias("comm"))
+        # no comm found: swapper for pid 0, else ":tid" as perf prints (named once per distinct tid)
+        miss = got < 0
+        pid = df["pid"].to_numpy() if "pid" in df.columns else np.full(n, -1, dtype=np.int32)
+        got[miss & (pid == 0)] = len(names)
+        other = miss & (pid != 0)
+        utid, tinv = np.unique(df["tid"].to_numpy()[other], return_inverse=True)
+        got[other] = len(names) + 1 + tinv
+        table = np.concatenate([names, np.array(["swapper"] + [f":{t}" for t in utid.tolist()], dtype=object)])
+        return df.with_columns(pl.Series("comm", table, dtype=pl.String).gather(pl.Series(got)))
