@@ -106,11 +106,13 @@ class Stream:
         g = self.buf[np.asarray(offs, dtype=np.int64)[:, None] + np.arange(dt.itemsize)]
         return np.ascontiguousarray(g).view(dt)[:, 0]
 
-    def record_sizes(self, pos: np.ndarray) -> np.ndarray:
+    def record_sizes(self, pos: np.ndarray, typ: np.ndarray | None = None,
+                     size: np.ndarray | None = None) -> np.ndarray:
         """The byte length of the record at each offset, including the payload some user records carry after
-        their header's size (tracing data in pipe mode, AUXTRACE)."""
-        size = self.u16(pos + 6).astype(np.int64)
-        typ = self.u32(pos)
+        their header's size (tracing data in pipe mode, AUXTRACE); ``typ`` and ``size`` (int64 header fields)
+        are read from the stream unless given."""
+        size = self.u16(pos + 6).astype(np.int64) if size is None else size
+        typ = self.u32(pos) if typ is None else typ
         extra = np.zeros(len(pos), dtype=np.int64)
         tr = typ == L.T["HEADER_TRACING_DATA"]
         if tr.any():
@@ -121,11 +123,13 @@ class Stream:
             extra[ax] = np.minimum(self.u64(pos[ax] + 8), np.uint64(1 << 40)).astype(np.int64)
         return size + extra
 
-    def plausible(self, pos: np.ndarray, aligned: bool = True) -> np.ndarray:
+    def plausible(self, pos: np.ndarray, aligned: bool = True, typ: np.ndarray | None = None,
+                  raw: np.ndarray | None = None) -> np.ndarray:
         """Whether a record header at each offset looks like one perf writes: a known type and a size of 8 or
-        more (a multiple of 8 for an ``aligned`` stream; compressed records are not padded)."""
-        typ = self.u32(pos).astype(np.int64)
-        raw = self.u16(pos + 6).astype(np.int64)
+        more (a multiple of 8 for an ``aligned`` stream; compressed records are not padded); ``typ`` and ``raw``
+        (int64 header fields) are read from the stream unless given."""
+        typ = self.u32(pos).astype(np.int64) if typ is None else typ
+        raw = self.u16(pos + 6).astype(np.int64) if raw is None else raw
         ok = _KNOWN[np.minimum(typ, len(_KNOWN) - 1)] & (raw >= 8)
         return ok & ((raw & 7) == 0) if aligned else ok
 
@@ -267,10 +271,10 @@ def _walk(stream: Stream, start: int, end: int | None, aligned: bool) -> tuple[n
     entry_of = entry[chunk_of]
     pos = pos[pos >= entry_of]
     # validate the chain: sizes, types, the end
-    sizes = stream.record_sizes(pos)
-    raw_sizes = stream.u16(pos + 6).astype(np.int64)
-    types = stream.u32(pos)
-    bad = ~stream.plausible(pos, aligned) | (pos + sizes > end)
+    raw_sizes = stream.u16(pos + 6).astype(np.int64)  # each header field read once for the checks below
+    types = stream.u32(pos).astype(np.int64)
+    sizes = stream.record_sizes(pos, types, raw_sizes)
+    bad = ~stream.plausible(pos, aligned, types, raw_sizes) | (pos + sizes > end)
     dmg = None
     if bad.any():
         i = int(np.argmax(bad))
