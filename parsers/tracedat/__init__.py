@@ -253,10 +253,30 @@ def read(source: str | os.PathLike, *, buffer: str | None = None, progress=None,
         raise ParseError(path, None, "a consistent trace.dat", f"{type(exc).__name__}: {exc}") from exc
 
 
-def _read(mm, path: str, buffer: str | None, progress) -> Trace:
+@dataclass
+class _Context:
+    """What every reader of one file needs before its CPU data: the parsed header sections and the chosen buffers."""
+
+    info: FileInfo
+    md: dict
+    long_size: int
+    index: _FormatIndex
+    kallsyms: _LazyKallsyms | None
+    printk: dict[int, str]
+    pids: np.ndarray
+    comms: list[str]
+    tables: dict[str, pl.DataFrame]
+    buffers: list
+
+
+def _context(mm, path: str, buffer: str | None) -> _Context:
+    """Parse the file's header sections and select the buffers to read (all but latency buffers, or ``buffer``).
+
+    Raises:
+        UnsupportedFormatError: ``buffer`` is not in the file.
+    """
     info = read_info(mm, path)
     md = _metadata(info)
-    damage: list[ParseError] = []
     hp = parse_header_page(info.header_page)
     long_size = hp["commit"].size if "commit" in hp and hp["commit"].size in (4, 8) else info.long_size
     md["kernel_long_size"] = long_size
@@ -273,6 +293,14 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
         if not buffers:
             names = [b.name for b in info.buffers]
             raise UnsupportedFormatError(path, f"no buffer {buffer!r} in this file (buffers: {names})")
+    return _Context(info, md, long_size, index, kallsyms, printk, pids, comms, tables, buffers)
+
+
+def _read(mm, path: str, buffer: str | None, progress) -> Trace:
+    ctx = _context(mm, path, buffer)
+    info, md, long_size, index, kallsyms, printk = ctx.info, ctx.md, ctx.long_size, ctx.index, ctx.kallsyms, ctx.printk
+    pids, comms, tables, buffers = ctx.pids, ctx.comms, ctx.tables, ctx.buffers
+    damage: list[ParseError] = []
     blob = Blob(mm, path, info.big_endian)
     total = sum(c.size for b in buffers for c in b.cpus) or 1
     done = 0

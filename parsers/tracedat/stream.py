@@ -17,24 +17,20 @@ import numpy as np
 import polars as pl
 
 from tracekit.errors import ParseError, UnsupportedFormatError
-from tracekit.formats import EventFormat, parse_header_page
+from tracekit.formats import EventFormat
 from tracekit.model import LOST_MARKS_SCHEMA, Trace
 from tracekit.symbols import Kallsyms
 
 from . import (
-    _PRINTK,
-    _cmdlines,
-    _FormatIndex,
+    _context,
     _frame,
-    _LazyKallsyms,
     _lost_frame,
     _lost_marks,
-    _metadata,
     _State,
     _to_ns,
 )
 from .pages import build_pageset, walk
-from .sections import Blob, cpu_chunks, fill_chunks, read_info
+from .sections import Blob, cpu_chunks, fill_chunks
 
 __all__ = ["StreamHeader", "open_stream", "BATCH_PAGES"]
 
@@ -112,24 +108,9 @@ def open_stream(source: str | os.PathLike, *, buffer: str | None = None, batch_p
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as exc:
         raise ParseError(path, None, "a readable file", exc.strerror) from exc
-    info = read_info(mm, path)
-    md = _metadata(info)
-    hp = parse_header_page(info.header_page)
-    long_size = hp["commit"].size if "commit" in hp and hp["commit"].size in (4, 8) else info.long_size
-    md["kernel_long_size"] = long_size
-    index = _FormatIndex(path, [("ftrace", t) for t in info.ftrace_formats] + info.event_formats)
-    kallsyms = _LazyKallsyms(info.kallsyms, path) if info.kallsyms.strip() else None
-    printk = {int(a, 16): f for a, f in _PRINTK.findall(info.printk)}
-    md["printk_formats"] = printk
-    pids, comms = _cmdlines(info.cmdlines)
-    tables = {"cmdlines": pl.DataFrame({"pid": pl.Series(pids, dtype=pl.Int32),
-                                        "comm": pl.Series(comms, dtype=pl.String)})}
-    buffers = [b for b in info.buffers if not b.latency]
-    if buffer is not None:
-        buffers = [b for b in buffers if b.name == buffer]
-        if not buffers:
-            raise UnsupportedFormatError(path, f"no buffer {buffer!r} in this file "
-                                               f"(buffers: {[b.name for b in info.buffers]})")
+    ctx = _context(mm, path, buffer)
+    info, md, long_size, index, kallsyms, printk = ctx.info, ctx.md, ctx.long_size, ctx.index, ctx.kallsyms, ctx.printk
+    pids, comms, tables, buffers = ctx.pids, ctx.comms, ctx.tables, ctx.buffers
     header = StreamHeader(path, md, index.by_name(), kallsyms, tables, buffers)
     blob = Blob(mm, path, info.big_endian)
 
