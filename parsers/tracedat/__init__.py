@@ -15,9 +15,11 @@ ftrace's ``kernel_stack`` holds all ``size`` callers in ``caller`` plus their sy
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +40,12 @@ __all__ = ["sniff", "read"]
 _NS_CLOCKS = ("local", "global", "uptime", "perf", "mono", "mono_raw", "boot", "tai", "tsc2nsec")
 _PRINTK = re.compile(r"^\s*(0x[0-9a-fA-F]+)\s*:\s*\"(.*)\"\s*$", re.M)
 _RESERVED = ("ts", "cpu", "buffer")
+_PID_CHUNK = 1 << 20
+try:
+    _LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
+    _LIBC.malloc_trim  # noqa: B018 - glibc only (musl has none)
+except (OSError, AttributeError):
+    _LIBC = None
 
 
 def sniff(head: bytes) -> bool:
@@ -185,12 +193,24 @@ def _frame(st: _State, fmt: EventFormat, data: np.ndarray, length: np.ndarray, t
             out[name] = cols.pop(name)
     if "common_pid" in out:
         # pid -> comm by binary search in the sorted cmdlines pids; misses gather a null
-        pid = out["common_pid"].to_numpy().astype(np.int64)
+        pid = out["common_pid"].to_numpy()
         keys, first = np.unique(np.concatenate([[0], st.pids]).astype(np.int64), return_index=True)
         vals = pl.Series(["<idle>"] + st.comms, dtype=pl.String).gather(first.astype(np.uint32))
-        at = np.clip(np.searchsorted(keys, pid), 0, len(keys) - 1)
-        idx = pl.Series(at.astype(np.uint32))
-        miss = np.flatnonzero(keys[at] != pid)
+        # keys outside the pid column's range match nothing: dropped, so the search runs in its own width
+        span = np.iinfo(pid.dtype) if pid.dtype.kind in "iu" else np.iinfo(np.int64)
+        keep = (keys >= span.min) & (keys <= span.max)
+        keys, vals = keys[keep].astype(pid.dtype), vals.filter(pl.Series(keep))
+        # searched in row chunks straight into 32-bit gather indices: no whole-column int64 temporaries
+        at = np.empty(len(pid), np.uint32)
+        miss = []
+        for lo in range(0, len(pid), _PID_CHUNK):
+            part = pid[lo:lo + _PID_CHUNK]
+            a = np.clip(np.searchsorted(keys, part), 0, max(len(keys) - 1, 0))
+            at[lo:lo + _PID_CHUNK] = a
+            miss.append(np.flatnonzero(keys[a] != part) + lo if len(keys) else np.arange(lo, lo + len(part)))
+        idx = pl.Series(at)
+        del at
+        miss = np.concatenate(miss) if miss else np.zeros(0, np.int64)
         if len(miss):
             idx = idx.scatter(miss, None)
         out["common_comm"] = vals.gather(idx).rename("common_comm")
@@ -388,6 +408,13 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
                  lost_events=lost, kallsyms=kallsyms, damage=damage, tables=tables, counts_hint=counts)
 
 
+def _trim() -> None:
+    """Hand the heap's freed pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere): the builders' large
+    temporaries otherwise leave free holes that the next, bigger frame cannot reuse."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 def _builder(st: _State, fmt: EventFormat, *arrays):
     """A zero-argument frame builder; it drops its index arrays once built (and the page buffer once every
     builder has run), so a fully read trace holds its frames, not the raw data."""
@@ -410,6 +437,7 @@ def _builder(st: _State, fmt: EventFormat, *arrays):
             st.pending -= 1
             if st.pending <= 0:
                 st.buf = np.zeros(16, np.uint8)
+            _trim()
         return box["df"]
 
     return build

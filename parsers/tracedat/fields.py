@@ -51,6 +51,11 @@ class Payloads:
         self.u32 = u32
         self.u16 = buf[: len(buf) // 2 * 2].view(">u2" if big else "<u2")
 
+    def drop_block(self) -> None:
+        """Free the record block once every field it holds is read (only ``direct`` fields remain)."""
+        if self.block is not None:
+            self.block = self.buf = self.u32 = self.u16 = None
+
     def uint(self, rel: int | np.ndarray, size: int) -> np.ndarray:
         """Unsigned ints of ``size`` bytes at payload offset ``rel`` (a constant or per row) of every record."""
         const = np.isscalar(rel)
@@ -199,9 +204,13 @@ class Payloads:
 def event_columns(fmt: EventFormat, p: Payloads) -> dict[str, pl.Series]:
     """Every field of ``fmt`` (common fields except ``common_type`` first) as Polars Series named as in the format."""
     out: dict[str, pl.Series] = {}
-    for f in fmt.fields:
+    # fields read from the record block first, then the block is dropped before the (large) direct gathers
+    later = [f for f in fmt.fields if f.name in p.direct]
+    for f in [f for f in fmt.fields if f.name not in p.direct] + later:
         if f.name == "common_type":
             continue
+        if f is later[0] if later else False:
+            p.drop_block()
         if fmt.system == "ftrace" and fmt.name == "kernel_stack" and f.name == "caller":
             try:
                 count = p.uint(fmt.field("size").offset, 4).astype(np.int32).astype(np.int64)
@@ -210,4 +219,4 @@ def event_columns(fmt: EventFormat, p: Payloads) -> dict[str, pl.Series]:
             out[f.name] = p.array(f, count)
             continue
         out[f.name] = p.column(f)
-    return out
+    return {f.name: out[f.name] for f in fmt.fields if f.name in out}
