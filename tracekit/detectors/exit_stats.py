@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import polars as pl
 
 from . import Finding, Inputs, RuleResult, register
-from .multi_pmi import kvm_traces
+from .multi_pmi import cannot_run, kvm_traces
 from .pmi import exit_windows
 
 __all__ = ["ExitStats", "EXIT_STATS_SCHEMA"]
@@ -50,9 +50,7 @@ class ExitStats:
         cfg = {**self.defaults, **(config or {})}
         traces = kvm_traces(inputs)
         if not traces:
-            missing = [e for e in self.requires if not inputs.with_event(e, "host")]
-            return RuleResult(self.name, ran=False, missing=missing or list(self.requires),
-                              record_hint=self.record_hint)
+            return cannot_run(self, inputs)
         wins = pl.concat([exit_windows(t).drop("window") for t in traces])
         stats = exit_table(wins)
         open_n = int(wins["entry_ts"].is_null().sum())

@@ -19,7 +19,7 @@ import polars as pl
 
 from ..errors import ConfigError
 from . import Finding, Inputs, RuleResult, register
-from .multi_pmi import PMI_EVENTS, kvm_traces
+from .multi_pmi import PMI_EVENTS, cannot_run, kvm_traces
 from .pmi import APIC_LVTPC, KVM_PMI_HINT, LVT_MASKED, analyse_pmis, config_vector
 
 __all__ = ["LvtpcUnmaskedAfterPmi", "INCIDENT_SCHEMA"]
@@ -65,9 +65,7 @@ class LvtpcUnmaskedAfterPmi:
             raise ConfigError(f"{self.name}.vendor: expected auto, intel or amd, found {cfg.get('vendor')!r}")
         traces = [t for t in kvm_traces(inputs) if t.has("kvm_apic")]
         if not traces:
-            missing = [e for e in self.requires if not inputs.with_event(e, "host")]
-            return RuleResult(self.name, ran=False, missing=missing or list(self.requires),
-                              record_hint=self.record_hint)
+            return cannot_run(self, inputs)
         incidents, accesses, notes = [], [], []
         for t in traces:
             a = analyse_pmis(t, lvtpc_vector=config_vector(cfg))

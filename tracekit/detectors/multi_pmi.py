@@ -30,6 +30,12 @@ def kvm_traces(inputs: Inputs) -> list:
     return [t for t in inputs.host if t.has("kvm_exit") and t.has("kvm_entry")]
 
 
+def cannot_run(rule: Any, inputs: Inputs) -> RuleResult:
+    """The result of a KVM rule whose host traces lack its events: which ones to record, and how."""
+    missing = [e for e in rule.requires if not inputs.with_event(e, "host")]
+    return RuleResult(rule.name, ran=False, missing=missing or list(rule.requires), record_hint=rule.record_hint)
+
+
 def _fmt_int(n: int) -> str:
     return f"{n:,}"
 
@@ -61,9 +67,7 @@ class MultiPmiPerExit:
         cfg = {**self.defaults, **(config or {})}
         traces = kvm_traces(inputs)
         if not traces:
-            missing = [e for e in self.requires if not inputs.with_event(e, "host")]
-            return RuleResult(self.name, ran=False, missing=missing or list(self.requires),
-                              record_hint=self.record_hint)
+            return cannot_run(self, inputs)
         routes = tuple(cfg.get("routes") or ROUTES)
         usable = [t for t in traces if any(route_events(t)[r] for r in routes)]
         if not usable:
