@@ -198,3 +198,19 @@ def test_real_host_trace_and_guest_perf(tmp_path):
     assert "trace-cmd record" in ran["multi-pmi-per-exit"]["record_hint"]
     html = (out / "report.html").read_text()
     assert "What to record for the rules that could not run" in html and "kprobe_events" in html
+
+
+def test_analyze_lists_the_flagged_exits_of_the_sample(tmp_path):
+    """The terminal lists the first flagged exits of the bundled sample: those the generator's truth file names."""
+    sample = tracekit.cli.bundled_sample()
+    truth = json.loads(sample.with_name("kvm-double-pmi.truth.json").read_text())["flagged"]
+    res = runner.invoke(app, ["analyze", str(sample), "-o", str(tmp_path / "r"), "--json-only"],
+                        env={"COLUMNS": "160"})
+    assert res.exit_code == 0, res.output
+    assert f"VM-exits with more than one PMI ({len(truth)})" in res.output
+    listed = [line.split() for line in res.output.splitlines() if line.strip()[:1].isdigit()
+              and len(line.split()) >= 7 and "." in line.split()[0]]
+    first = sorted(truth, key=lambda r: r["exit_ts"])[:tracekit.cli._LISTED_EXITS]
+    assert [(f"{r['exit_ts'] / 1e9:.6f}", str(r["pid"]), str(r["vcpu"]), r["exit_reason"], str(r["pmi_count"]))
+            for r in first] == [(w[0], w[1], w[2], w[4], w[6]) for w in listed]
+    assert f"and {len(truth) - len(first)} more" in res.output

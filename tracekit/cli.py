@@ -10,6 +10,7 @@ from pathlib import Path
 
 import polars as pl
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -105,6 +106,8 @@ def events(path: Path = typer.Argument(...), event: str = typer.Argument(..., he
 
 FAIL_ON = ("info", "warning", "error")
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+#: flagged VM-exits printed by ``analyze``; all of them are in report.html and findings.json
+_LISTED_EXITS = 20
 
 
 def bundled_sample() -> Path:
@@ -150,6 +153,7 @@ def _summary(result, written: dict[str, Path]) -> None:
     if not result.finding_objects:
         t.add_row("—", "—", "no findings", "0")
     console.print(t)
+    _flagged_exits(result.multi_pmi_exits)
     for name, r in sorted(result.results.items()):
         if not r.ran:
             why = "; ".join(r.notes) or ("missing " + ", ".join(r.missing) if r.missing else "could not run")
@@ -160,6 +164,24 @@ def _summary(result, written: dict[str, Path]) -> None:
     pngs = [p for k, p in written.items() if k not in ("html", "json")]
     if pngs:
         console.print(f"charts: {len(pngs)} PNG in {escape(str(pngs[0].parent))}", highlight=False)
+
+
+def _flagged_exits(flagged) -> None:
+    """Print the first flagged VM-exits (time order) so the terminal answers "which exits?" without the report."""
+    if flagged.height == 0:
+        return
+    t = Table(title=f"VM-exits with more than one PMI ({flagged.height:,})", box=box.SIMPLE_HEAD,
+              padding=(0, 1), pad_edge=False)
+    for col in ("exit (s)", "pid", "vcpu", "cpu", "reason", "µs", "PMIs"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("seen through")
+    for r in flagged.sort("exit_ts").head(_LISTED_EXITS).iter_rows(named=True):
+        took = "—" if r["entry_ts"] is None else f"{(r['entry_ts'] - r['exit_ts']) / 1e3:.1f}"
+        t.add_row(f"{r['exit_ts'] / 1e9:.6f}", str(r["pid"]), str(r["vcpu"]), str(r["cpu"]),
+                  escape(str(r["exit_reason"])), took, str(r["pmi_count"]), escape(", ".join(r["sources"] or [])))
+    console.print(t)
+    if flagged.height > _LISTED_EXITS:
+        console.print(f"… and {flagged.height - _LISTED_EXITS:,} more in report.html / findings.json", highlight=False)
 
 
 @app.command()
