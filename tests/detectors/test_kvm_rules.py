@@ -57,7 +57,8 @@ def test_exit_stats_matches_truth(svm):
 def test_exit_stats_slow_threshold():
     sc = build(52)
     res = ExitStats().run(Inputs(host=(sc.trace,)), {"slow_exit_us": 0.001})
-    assert res.findings[0].count == res.frames["exit_stats"].height
+    assert res.findings[0].count == res.frames["exit_stats"]["count"].sum()
+    assert res.findings[0].evidence.height == res.frames["exit_stats"].height
     assert "p99 handling time above" in res.findings[0].summary
 
 
