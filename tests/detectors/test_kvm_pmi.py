@@ -3,6 +3,7 @@ kvm_gen.py): every route alone and all together, decoys, migrations, windows at 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import polars as pl
@@ -79,6 +80,21 @@ def test_decoys_only_give_no_pmi():
     res = _check(sc)["res"]
     assert res.frames["decoys"].height > 0
     assert res.frames["flagged"].is_empty()
+
+
+def test_nmis_sent_to_other_vcpus_never_count_even_without_their_ipi():
+    """__apic_accept_irq traces the *target* vCPU's id (the field is named apicid); a PMI goes to the vCPU's own
+    LVTPC. With kvm_apic_ipi not recorded (or lost), the NMIs a vCPU thread sends to others must still not count."""
+    sc = build(31, routes=("apic_nmi",), p_pmi=0.2)
+    frames = {k: v for k, v in sc.trace.frames.items() if not k.endswith("kvm_apic_ipi")}
+    sc.trace = dataclasses.replace(sc.trace, frames=frames)
+    assert not sc.trace.has("kvm_apic_ipi")
+    res = _check(sc)["res"]
+    sent = res.frames["decoys"].filter(pl.col("ipi_ts").is_null())
+    acc = sc.trace.events("kvm_apic_accept_irq")
+    vcpu = sc.trace.events("kvm_entry").group_by("common_pid").agg(pl.col("vcpu_id").first())
+    other = (acc.join(vcpu, on="common_pid").filter((pl.col("dm") // 256 == 4) & (pl.col("apicid") != pl.col("vcpu_id"))))
+    assert sent.height == other.height > 0
 
 
 def test_no_migrations_no_decoys():

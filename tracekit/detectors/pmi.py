@@ -13,6 +13,11 @@ seen through whatever the engineer enabled; each way is a *route*:
                  per vCPU thread from ``kvm_apic`` writes of ``APIC_LVTPC`` in Fixed mode, or the ``lvtpc_vector``
                  option).
 
+A ``kvm_apic_accept_irq`` counts only when it is aimed at the thread's own vCPU: ``__apic_accept_irq`` traces
+``vcpu->vcpu_id`` of the *target* (the field is named ``apicid``), while a PMI is always delivered to the vCPU's own
+LVTPC; an accept for another vCPU is an IPI this thread sent (an NMI one is kept in ``decoys`` with a null
+``ipi_ts``), even when its ``kvm_apic_ipi`` was lost.
+
 One PMI seen through several routes counts once. Every route event has a *stage* (delivery 0, APIC 1, injection 2);
 within a window, a new PMI starts at an event whose stage is lower than the previous event's, or equal to it and of a
 kind already seen in the current PMI (``kvm_pmu_deliver_pmi`` seen by a kprobe and by the function tracer is one call;
@@ -208,12 +213,15 @@ def _lvtpc_writes(trace: Trace) -> pl.DataFrame:
                     pl.col("cpu").cast(_I32, strict=False), pl.col("val").cast(pl.UInt64, strict=False)))
 
 
-def _candidates(trace: Trace, routes: dict[str, list[str]], lvtpc_vector: int | None,
-                notes: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Route events before window assignment (ts, cpu, pid, event, kind, seq) and NMI ``kvm_apic_accept_irq``
-    rows with their ``apicid`` (for the IPI check)."""
+def _candidates(trace: Trace, routes: dict[str, list[str]], lvtpc_vector: int | None, vcpu_of: pl.DataFrame,
+                notes: list[str]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Route events before window assignment (ts, cpu, pid, event, kind, seq), NMI ``kvm_apic_accept_irq`` rows
+    for the thread's own vCPU with their ``apicid`` (for the IPI check), and NMI accepts aimed at another vCPU.
+
+    ``vcpu_of``: pid → vcpu of the vCPU threads (from the windows)."""
     parts: list[pl.DataFrame] = []
     nmi_accepts = pl.DataFrame(schema={**_EMPTY_EVENTS, "apicid": pl.UInt32, "vec": pl.UInt8})
+    elsewhere = nmi_accepts.clone()
     for key in routes["deliver_pmi"]:
         parts.append(_common(_events(trace, key), key, 0))
     for key in routes["inj_nmi"]:
@@ -238,8 +246,14 @@ def _candidates(trace: Trace, routes: dict[str, list[str]], lvtpc_vector: int | 
             dm = (pl.col("dm").cast(pl.Int64, strict=False) // 256) % 8
             acc = _common(df, key, 2, {"apicid": pl.col("apicid").cast(pl.UInt32, strict=False), "vec": pl.col("vec").cast(pl.UInt8, strict=False),
                                        "dm": dm})
+            vcpu = pl.col("pid").replace_strict(vcpu_of["pid"], vcpu_of["_vcpu"], default=None,
+                                                return_dtype=pl.Int64)
+            own = acc.select((vcpu.is_null() | (pl.col("apicid").cast(pl.Int64) == vcpu)).fill_null(True)).to_series()
             if key in routes["apic_nmi"]:
-                nmi_accepts = acc.filter(pl.col("dm") == DM_NMI).drop("dm")
+                nmi = acc.with_columns(own.alias("_own")).filter(pl.col("dm") == DM_NMI).drop("dm")
+                nmi_accepts = nmi.filter(pl.col("_own")).drop("_own")
+                elsewhere = nmi.filter(~pl.col("_own")).drop("_own")
+            acc = acc.filter(own)
             if key in routes["lvtpc_fixed"]:
                 fixed = acc.filter(pl.col("dm") == DM_FIXED).with_columns(pl.lit(3, pl.Int8).alias("kind"))
                 parts.append(_lvtpc_match(fixed, lvtpc, lvtpc_vector).drop("apicid", "dm"))
@@ -249,7 +263,7 @@ def _candidates(trace: Trace, routes: dict[str, list[str]], lvtpc_vector: int | 
             parts.append(_lvtpc_match(virq, lvtpc, lvtpc_vector))
     parts = [p.select(list(_EMPTY_EVENTS)) for p in parts]
     cands = pl.concat(parts) if parts else pl.DataFrame(schema=_EMPTY_EVENTS)
-    return cands, nmi_accepts
+    return cands, nmi_accepts, elsewhere
 
 
 def _lvtpc_match(df: pl.DataFrame, lvtpc: pl.DataFrame, vector: int | None) -> pl.DataFrame:
@@ -384,7 +398,9 @@ def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple
     if lvtpc_vector is None and _lvtpc_writes(trace).is_empty():
         avail["lvtpc_fixed"] = []
     present = [r for r in ROUTES if avail[r]]
-    cands, nmi_acc = _candidates(trace, avail, lvtpc_vector, notes)
+    vcpu_of = (windows.filter(pl.col("vcpu").is_not_null()).group_by("pid")
+               .agg(pl.col("vcpu").first().cast(pl.Int64).alias("_vcpu")))
+    cands, nmi_acc, elsewhere = _candidates(trace, avail, lvtpc_vector, vcpu_of, notes)
 
     # NMI accepts: decoy when the last NMI IPI of the same thread, in the same window (or stretch outside windows),
     # was aimed at that APIC
@@ -408,6 +424,10 @@ def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple
             decoys = acc.filter(pl.col("_decoy")).select(list(DECOY_SCHEMA)).cast(DECOY_SCHEMA)
             acc = acc.filter(~pl.col("_decoy"))
         cands = pl.concat([cands, acc.select(list(_EMPTY_EVENTS))])
+    if not elsewhere.is_empty():  # NMIs this thread sent to another vCPU: never this vCPU's PMI
+        other = assign_windows(elsewhere.with_columns(pl.lit(2, pl.Int8).alias("kind")), windows)
+        decoys = pl.concat([decoys, other.with_columns(pl.lit(None, pl.Int64).alias("ipi_ts"))
+                            .select(list(DECOY_SCHEMA)).cast(DECOY_SCHEMA)]).sort("ts")
 
     ev = assign_windows(cands, windows)
     route_of = pl.col("kind").replace_strict({k: v[0] for k, v in _KINDS.items()}, return_dtype=pl.String)
