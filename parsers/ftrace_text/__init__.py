@@ -29,7 +29,7 @@ from ...errors import ConfigError, ParseError, TracekitError
 from ...formats import EventFormat, builtin_formats, load_format_dir
 from ...model import LOST_SCHEMA, Trace
 from ...printfmt import info_parser
-from . import _lines, _plugins
+from . import _funcgraph, _lines, _plugins
 from ._invert import HEX_BYTES, raw_parser, words_from_hex
 from ._source import MAX_BYTES, check_text, lines_frame, read_bytes
 
@@ -54,7 +54,7 @@ def sniff(head: bytes) -> bool:
     if b"\x00" in head:
         return False
     text = head.decode("utf-8", "replace")
-    return bool(_SNIFF_HEADER.search(text) or _SNIFF_EVENT.search(text))
+    return bool(_SNIFF_HEADER.search(text) or _SNIFF_EVENT.search(text) or _funcgraph.sniff(text))
 
 
 def _formats(option, path: str) -> tuple[dict[str, EventFormat], object | None, int]:
@@ -255,9 +255,10 @@ def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int]
     lines = _lines.strip_quotes(lines_frame(data))
     del data
     ev, stack_lines, others = _lines.classify(lines)
+    ev, others, graph = _funcgraph.split(ev, others)   # function_graph call lines
     md = _lines.metadata(others)
     step(2)
-    if ev.height == 0 and not (others["kind"] == "ignored").any():
+    if ev.height == 0 and graph.height == 0 and not (others["kind"] == "ignored").any():
         first = pl.concat([others.select("line_no", "line"),
                            stack_lines.select("line_no", "line")]).sort("line_no").head(1)
         found = repr(first["line"][0][:60]) if first.height else "nothing"
@@ -281,6 +282,7 @@ def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int]
                                               f"(fields left null; first at line {bad_line})",
                                      repr(rows.filter(pl.col("line_no") == bad_line)["info"][0][:80])))
         frames[fmt.full_name if fmt else name] = frame
+    _funcgraph.merge(frames, graph, by_name, long_size, kallsyms)
     _learn_vcpu(frames)
     if kallsyms is not None:
         _resolve_function_names(frames, kallsyms)

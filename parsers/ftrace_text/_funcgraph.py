@@ -1,0 +1,232 @@
+"""function_graph tracer text → ``ftrace:funcgraph_entry`` / ``ftrace:funcgraph_exit`` frames.
+
+Two layouts carry the same call graph:
+
+* ``trace-cmd report``'s default output, where trace-cmd's ftrace plugin (``lib/trace-cmd/trace-ftrace.c``,
+  trace-cmd 3.x: ``fgraph_ent_handler`` / ``fgraph_ret_handler``) prints each funcgraph event after the usual
+  ``comm-pid [cpu] ts: funcgraph_entry:`` head as ``[mark] DURATION us |  <indent>func();`` (a leaf: the entry and
+  the exit that follows it, merged), ``|  <indent>func() {`` (an entry whose exit comes later) or
+  ``[mark] DURATION us |  <indent>}`` (an exit; ``} /* func */`` with ``-O fgraph:tailprint``, `` (depth)`` after the
+  line with ``-O fgraph:depth``);
+* the kernel's own tracefs ``trace`` of the function_graph tracer (``kernel/trace/trace_functions_graph.c``,
+  ``print_graph_prologue`` / ``print_graph_entry_leaf`` / ``print_graph_entry_nested`` / ``print_graph_return``;
+  the layout is described in ``Documentation/trace/ftrace.rst``, "function graph tracer"): optional columns
+  ``SECS.USECS |`` (``funcgraph-abstime``), ``N us |`` (``funcgraph-reltime``), `` CPU)`` (``funcgraph-cpu``, on by
+  default), ``comm-pid |`` (``funcgraph-proc``, comm cut to 7 characters), the latency column ``d..1 |``, then the
+  duration column (``+``/``!``/``#``/``*``/``@``/``$`` marks, ``DURATION us |``) and the indented call. A change of
+  task on a CPU is printed as a block ``-----`` / `` CPU) prev-pid => next-pid`` / ``-----``; irq arrows
+  (``==========>``), ``(Overruns: N)`` lines and separators carry no call.
+
+Both indent the call by 2 + 2 × depth blanks after the ``|``. Values derived, in the columns the trace.dat reader
+gives for these events: ``func_sym`` (the name as printed; ``func`` only when the text prints an address or the
+kallsyms of ``formats=`` names it), ``depth``, and for exits ``calltime``/``rettime`` in ns: a leaf line starts at its
+timestamp and lasts its duration; a ``}`` line ends at its timestamp and started its duration earlier. A ``}``
+takes the name of the open ``{`` of the same depth of the same task (same CPU when the task is unknown) above it;
+each ``{`` closes once. Without a time column (tracefs without ``funcgraph-abstime``/``-reltime``) the times stay
+null. A tracefs task is its ``funcgraph-proc`` column, else the last context switch to it on that CPU.
+
+Everything is column-wise (regex extraction, cumulative fills per CPU, one as-of join of closes to opens).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from ...formats import EventFormat
+
+__all__ = ["EVENTS", "sniff", "split", "merge"]
+
+EVENTS = ("funcgraph_entry", "funcgraph_exit")
+
+#: duration column and call, after the head of the line (the same in both layouts)
+_CALL = (r"(?P<mark>[+!#*@$])?\s*(?:(?P<dur>\d+(?:\.\d+)?)\s+us\s*)?\|(?P<indent> *)(?P<body>\S.*?)\s*$")
+_PLUGIN = r"^\s*" + _CALL
+_TRACEFS = (r"^\s*(?:(?P<abs>\d+\.\d+)\s+\|\s+)?(?:(?P<rel>\d+)\s+us\s+\|\s+)?(?:(?P<cpu>\d+)\)\s+)?"
+            r"(?:(?P<proc>[^|]*?-\d+)\s*\|\s+)?(?:(?P<lat>[.a-zA-Z0-9]{4,5})\s+\|\s+)?" + _CALL)
+_BODY = (r"^(?:(?P<close>\})(?:\s*/\*\s*(?P<tail>[^\s*]+)[^*]*\*/)?"
+         r"|(?P<name>[^\s(){}/]+)\(.*\)(?P<end>;|\s*\{))(?:.*\s\((?P<d>\d+)\))?")
+_SWITCH = r"^\s*(?P<cpu>\d+)\)\s+(?P<prev>\S.*?-\d+)\s+=>\s+(?P<next>\S.*?-\d+)\s*$"
+_NO_CALL = r"^\s*-{10,}\s*$|^\s*\(Overruns: \d+\)\s*$|(?:==========>|<==========)\s*\|?\s*$"
+_PROC = r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s*$"
+
+_SNIFF = r"(?m)^\s*(?:\d+\.\d+\s+\|\s+)?\d+\)\s+.*\|\s+[A-Za-z_.$][\w.$]*\(.*\)\s*(?:;|\{)\s*$"
+
+
+def sniff(text: str) -> bool:
+    """True when ``text`` holds tracefs function_graph lines (``trace_pipe`` of that tracer has no header)."""
+    import re
+
+    return re.search(_SNIFF, text) is not None
+
+
+def _ns(secs: pl.Expr) -> pl.Expr:
+    """``secs.fraction`` (µs or ns digits) → Int64 ns."""
+    parts = secs.str.split_exact(".", 1)
+    whole = parts.struct.field("field_0").cast(pl.Int64, strict=False)
+    frac = parts.struct.field("field_1")
+    return pl.when(frac.is_null()).then(whole).otherwise(
+        whole * 1_000_000_000 + frac.str.pad_end(9, "0").str.slice(0, 9).cast(pl.Int64, strict=False))
+
+
+def _call_columns(m: pl.Expr) -> list[pl.Expr]:
+    """Duration (ns), depth, kind and name from the extracted ``_CALL`` groups in struct ``m``."""
+    dur = m.struct.field("dur").str.split_exact(".", 1)
+    dur_ns = (dur.struct.field("field_0").cast(pl.Int64, strict=False) * 1000
+              + dur.struct.field("field_1").fill_null("").str.pad_end(3, "0").str.slice(0, 3)
+              .cast(pl.Int64, strict=False))
+    body = m.struct.field("body").str.extract_groups(_BODY)
+    indent = (m.struct.field("indent").str.len_chars().cast(pl.Int64) - 2) // 2
+    kind = (pl.when(body.struct.field("close").is_not_null()).then(pl.lit("close"))
+            .when(body.struct.field("end") == ";").then(pl.lit("leaf"))
+            .when(body.struct.field("end").is_not_null()).then(pl.lit("open")))
+    depth = pl.coalesce(body.struct.field("d").cast(pl.Int64, strict=False), indent.clip(0))
+    name = pl.coalesce(body.struct.field("name"), body.struct.field("tail"))
+    return [dur_ns.alias("dur_ns"), depth.alias("depth"), kind.alias("kind"), name.alias("name")]
+
+
+def _plugin_rows(ev: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """trace-cmd report rows of the funcgraph events in the plugin form → (graph rows, the other events)."""
+    cand = pl.col("event").is_in(list(EVENTS)) & pl.col("info").str.contains(_PLUGIN)
+    ev = ev.with_columns(cand.alias("_fg"))
+    rows = ev.filter(pl.col("_fg"))
+    rest = ev.filter(~pl.col("_fg")).drop("_fg")
+    if rows.height == 0:
+        return pl.DataFrame(), rest
+    m = pl.col("info").str.extract_groups(_PLUGIN)
+    comm = pl.col("comm").str.strip_chars()
+    rows = rows.select(pl.col("line_no"), _ns(pl.col("ts")).alias("ts"), pl.col("cpu").cast(pl.Int32, strict=False),
+                       pl.col("pid").cast(pl.Int32, strict=False),
+                       pl.when(comm == "<...>").then(None).otherwise(comm).alias("comm"), *_call_columns(m))
+    return rows, rest
+
+
+def _tracefs_rows(others: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """tracefs function_graph lines among the unparsed lines → (graph rows, the remaining lines)."""
+    line = pl.col("line")
+    unparsed = pl.col("kind") == "unparsed"
+    others = others.with_columns((unparsed & line.str.contains(_SWITCH)).alias("_sw"),
+                                 (unparsed & line.str.contains(_TRACEFS)
+                                  & ~line.str.contains(r"\|\s*/\*")).alias("_fg"))
+    if not others.select(pl.col("_fg").any()).item():
+        return pl.DataFrame(), others.drop("_sw", "_fg")
+    m = line.str.extract_groups(_TRACEFS)
+    proc = m.struct.field("proc").str.extract_groups(_PROC)
+    ts = pl.coalesce(_ns(m.struct.field("abs")), m.struct.field("rel").cast(pl.Int64, strict=False) * 1000)
+    rows = others.filter(pl.col("_fg")).select(
+        "line_no", ts.alias("ts"), m.struct.field("cpu").cast(pl.Int32, strict=False).alias("cpu"),
+        proc.struct.field("pid").cast(pl.Int32, strict=False).alias("pid"),
+        proc.struct.field("comm").str.strip_chars().alias("comm"), *_call_columns(m))
+    sw = line.str.extract_groups(_SWITCH)
+    prev, nxt = (sw.struct.field(k).str.extract_groups(_PROC) for k in ("prev", "next"))
+    switches = others.filter(pl.col("_sw")).select(
+        "line_no", sw.struct.field("cpu").cast(pl.Int32).alias("cpu"),
+        nxt.struct.field("pid").cast(pl.Int32).alias("_next"), nxt.struct.field("comm").alias("_next_comm"),
+        prev.struct.field("pid").cast(pl.Int32).alias("_prev"), prev.struct.field("comm").alias("_prev_comm"))
+    if switches.height and rows["pid"].null_count():
+        # the task of a line is the one switched to last on its CPU, or (before the first switch) the one
+        # switched away from at the next switch
+        both = pl.concat([rows.with_columns(pl.lit(False).alias("_is_sw")),
+                          switches.with_columns(pl.lit(True).alias("_is_sw"))], how="diagonal_relaxed")
+        both = both.sort("line_no").with_columns(
+            pl.col("_next", "_next_comm").forward_fill().over("cpu"),
+            pl.col("_prev", "_prev_comm").backward_fill().over("cpu"))
+        rows = both.filter(~pl.col("_is_sw")).select(
+            *[c for c in rows.columns if c not in ("pid", "comm")],
+            pl.coalesce("pid", "_next", "_prev").alias("pid"),
+            pl.when(pl.col("pid").is_not_null()).then(pl.col("comm"))
+            .when(pl.col("_next").is_not_null()).then(pl.col("_next_comm"))
+            .otherwise(pl.col("_prev_comm")).str.strip_chars().alias("comm")).select(rows.columns)
+    done = pl.col("_fg") | pl.col("_sw")
+    rest = others.filter(~done).with_columns(
+        pl.when(unparsed & line.str.contains(_NO_CALL)).then(pl.lit("ignored")).otherwise(pl.col("kind"))
+        .alias("kind")).drop("_sw", "_fg")
+    return rows, rest
+
+
+def split(ev: pl.DataFrame, others: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Take the function_graph lines out of the classified lines.
+
+    Args:
+        ev: event lines (:func:`._lines.classify`); rows of ``funcgraph_entry``/``funcgraph_exit`` in trace-cmd's
+            plugin form are taken out (the ``-R`` and ``-N`` forms stay: their print fmt inverts).
+        others: the other lines; tracefs function_graph lines and context-switch blocks are taken out, irq arrows
+            and separators become ``ignored``.
+
+    Returns:
+        (events left, other lines left, graph rows: ``line_no, ts, cpu, pid, comm, dur_ns, depth, kind, name``).
+    """
+    a, ev = _plugin_rows(ev)
+    b, others = _tracefs_rows(others)
+    parts = [p for p in (a, b) if p.height]
+    graph = pl.concat(parts, how="diagonal_relaxed").sort("line_no") if parts else pl.DataFrame()
+    return ev, others, graph
+
+
+def _address(names: pl.Series, kallsyms) -> pl.Series:
+    """Addresses of printed names: a hex name (trace-cmd ``%llx``, tracefs ``0x…``) is the address itself, others
+    go through ``kallsyms`` (the symbol's start: the function_graph ``func``) when given."""
+    hexa = names.str.strip_prefix("0x").str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+    is_hex = names.str.contains(r"^(?:0x[0-9a-fA-F]+|[0-9a-f]{8,16})$").fill_null(False)
+    out = pl.select(pl.when(is_hex).then(hexa).otherwise(None).alias("a")).to_series()
+    if kallsyms is not None:
+        uniq = [n for n in names.filter(~is_hex).drop_nulls().unique().to_list()]
+        known = [(n, a) for n, a in ((n, kallsyms.address_of(n)) for n in uniq) if a is not None]
+        if known:
+            named = names.replace_strict([n for n, _ in known], [a for _, a in known], default=None,
+                                         return_dtype=pl.UInt64)
+            out = pl.select(pl.coalesce(out, named)).to_series()
+    return out.alias("func")
+
+
+def _frames(graph: pl.DataFrame, formats: dict[str, EventFormat], long_size: int,
+            kallsyms) -> dict[str, pl.DataFrame]:
+    """Entry and exit frames of the graph rows (see the module docstring)."""
+    task = pl.coalesce(pl.col("pid").cast(pl.Int64), -1 - pl.col("cpu").cast(pl.Int64).fill_null(0))
+    g = graph.with_columns(task.alias("_task"), pl.col("line_no").cast(pl.Int64))
+    opens = (g.filter(pl.col("kind") == "open").select("_task", "depth", pl.col("line_no").alias("_open"),
+                                                       pl.col("name").alias("_open_name")).sort("_open"))
+    closes = g.filter(pl.col("kind") == "close").sort("line_no")
+    closes = closes.join_asof(opens, left_on="line_no", right_on="_open", by=["_task", "depth"],
+                              strategy="backward", check_sortedness=False)
+    # an open closes once: a later "}" of the same depth whose own "{" was not printed gets no name from it
+    first = pl.col("_open").is_first_distinct() | pl.col("_open").is_null()
+    closes = closes.with_columns(pl.coalesce("name", pl.when(first).then(pl.col("_open_name"))).alias("name")) \
+        .drop("_open", "_open_name")
+    leaf = g.filter(pl.col("kind") == "leaf")
+    ent = g.filter(pl.col("kind").is_in(["open", "leaf"]))
+    exits = pl.concat([
+        leaf.with_columns(pl.col("ts").alias("calltime"), (pl.col("ts") + pl.col("dur_ns")).alias("rettime"))
+        .with_columns(pl.col("rettime").alias("ts")),
+        closes.with_columns((pl.col("ts") - pl.col("dur_ns")).alias("calltime"), pl.col("ts").alias("rettime")),
+    ]).sort("line_no", "depth", descending=[False, True])
+    out = {}
+    for name, rows in zip(EVENTS, (ent, exits), strict=True):
+        fmt = formats.get(name)
+        schema = fmt.schema(long_size) if fmt is not None else {}
+        common = {f.name: f.dtype(long_size) for f in fmt.common_fields} if fmt is not None else {}
+        fields = [_address(rows["name"], kallsyms).cast(schema.get("func", pl.UInt64)),
+                  pl.col("depth").cast(schema.get("depth", pl.UInt32))]
+        if name == "funcgraph_entry" and "args" in schema:
+            fields.append(pl.lit(None).cast(schema["args"]).alias("args"))
+        if name == "funcgraph_exit":
+            fields += [pl.lit(None).cast(schema.get("overrun", pl.UInt32)).alias("overrun"),
+                       pl.col("calltime").cast(schema.get("calltime", pl.UInt64)),
+                       pl.col("rettime").cast(schema.get("rettime", pl.UInt64))]
+        frame = rows.select(pl.col("line_no").cast(pl.UInt32), pl.col("ts").cast(pl.Int64),
+                            pl.col("cpu").cast(pl.Int32),
+                            pl.col("pid").cast(common.get("common_pid", pl.Int32())).alias("common_pid"),
+                            pl.col("comm").alias("common_comm"), *fields, pl.col("name").alias("func_sym"))
+        out[fmt.full_name if fmt is not None else name] = frame
+    return out
+
+
+def merge(frames: dict[str, pl.DataFrame], graph: pl.DataFrame, formats: dict[str, EventFormat], long_size: int,
+          kallsyms=None) -> None:
+    """Add the frames of ``graph`` (from :func:`split`) to ``frames`` (keyed ``system:event``, still holding
+    ``line_no``), beside rows of the same events read in another form."""
+    if graph.height == 0:
+        return
+    for key, df in _frames(graph, formats, long_size, kallsyms).items():
+        if key in frames:
+            df = pl.concat([frames[key], df], how="diagonal_relaxed").sort("line_no", maintain_order=True)
+        frames[key] = df
