@@ -243,19 +243,21 @@ def split_buckets(iv: pl.DataFrame, t0: int, bucket_ns: int) -> pl.DataFrame:
 
 def funcgraph_intervals(trace: Trace, set_re: str) -> pl.DataFrame:
     """Calls of the symbol set timed by the function_graph tracer: one row per ``ftrace:funcgraph_exit`` of a set
-    function (``func`` named through the trace's kallsyms, or its ``func_sym`` column).
+    function, named by its ``func_sym`` column (function_graph text: the name as printed), else ``func`` through
+    the trace's kallsyms.
 
     Returns:
         ``pid``, ``comm``, ``ts`` (calltime), ``end_ts`` (rettime), ``wait_ns``, ``path`` (the function), sorted by
-        ``ts``; empty without kallsyms or such exits.
+        ``ts``; empty without names or such exits. Exits without calltime (function_graph text without a time
+        column) are left out; ``pid`` is null where the text names no task (tracefs without ``funcgraph-proc`` on
+        a CPU that never switched tasks).
     """
     ex = trace.events("funcgraph_exit")
+    names = pl.Series([None] * ex.height, dtype=pl.String)
     if "func_sym" in ex.columns:
         names = ex["func_sym"].cast(pl.String)
-    elif trace.kallsyms is not None and "func" in ex.columns:
-        names = symbol_names(trace.kallsyms, ex["func"])
-    else:
-        names = pl.Series([None] * ex.height, dtype=pl.String)
+    if trace.kallsyms is not None and "func" in ex.columns and names.null_count():
+        names = pl.select(pl.coalesce(names, symbol_names(trace.kallsyms, ex["func"]))).to_series()
     comm = pl.col("common_comm") if "common_comm" in ex.columns else pl.lit(None, pl.String)
     out = (ex.with_columns(names.alias("path"))
            .filter(pl.col("path").str.contains(set_re).fill_null(False))
