@@ -23,13 +23,14 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from ...errors import ConfigError, ParseError, TracekitError
 from ...formats import EventFormat, builtin_formats, load_format_dir
 from ...model import LOST_SCHEMA, Trace
 from ...printfmt import info_parser
-from . import _funcgraph, _lines, _plugins
+from . import _fast, _funcgraph, _lines, _plugins
 from ._invert import HEX_BYTES, raw_parser, words_from_hex
 from ._source import MAX_BYTES, check_text, lines_frame, read_bytes
 
@@ -115,12 +116,11 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
     """Typed frame of one event's rows; returns (frame, rows whose text matched no known form)."""
     common = {f.name: f.dtype(long_size) for f in fmt.common_fields} if fmt else {}
     pid_dt = common.get("common_pid", pl.Int32())
-    base = [pl.col("line_no"), _ts_ns().alias("ts"), pl.col("cpu").cast(pl.Int32),
+    base = [pl.col("line_no"), pl.col("ts"), pl.col("cpu").cast(pl.Int32),
             pl.col("pid").cast(pid_dt, strict=False).alias("common_pid")]
     if with_flags:
         base += _flag_columns(common)
-    base.append(pl.when(pl.col("comm").str.strip_chars() == "<...>").then(None)
-                .otherwise(pl.col("comm").str.strip_chars()).alias("common_comm"))
+    base.append(pl.when(pl.col("comm") == "<...>").then(None).otherwise(pl.col("comm")).alias("common_comm"))
     out = rows.select(base)
     if fmt is None:
         return out.with_columns(rows["info"].alias("info")), 0
@@ -134,7 +134,10 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
             # a print fmt the grammar cannot read: the fields stay null and the rows are counted as damage below
             parse_cache[key] = lambda s, sch=fmt.schema(long_size): pl.DataFrame(schema=sch).clear(len(s))
     raw_rx, raw_fields = parse_cache.setdefault(("raw", key), raw_parser(fmt, long_size))
-    raw_m = info.str.contains(raw_rx) if schema else pl.Series([False] * len(info))
+    first = f"{next(iter(schema))}=" if schema else None
+    # the -R form starts with the first field's name: the regex runs only when some line does
+    raw_m = info.str.contains(raw_rx) if first and info.str.starts_with(first).any() \
+        else pl.Series(np.zeros(len(info), dtype=bool))
     raw = None
     if raw_m.any():
         raw = pl.DataFrame({"info": info}).select(*[e.alias(n) for n, e in raw_fields(pl.col("info")).items()])
@@ -148,7 +151,7 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
     elif raw is not None and raw_m.all() and not any(raw[c].null_count() for c in raw.columns):
         fields = nulls   # every line in -R form, every value read: no print fmt to invert
     else:
-        fields = parse_cache[key](info)
+        fields = _by_unique(info, parse_cache[key])
     failed = 0
     if raw is not None:
         fields = fields.with_columns([pl.when(raw_m).then(pl.coalesce(raw[n], fields[n])).otherwise(fields[n])
@@ -156,7 +159,8 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
     handler = _plugins.HANDLERS.get(name)
     if handler is not None:
         matched, exprs = handler(pl.col("info"), fmt, schema)
-        plug = pl.DataFrame({"info": info}).select(matched.alias("_m"), *[e.alias(n) for n, e in exprs.items()])
+        plug = _by_unique(info, lambda s: pl.DataFrame({"info": s}).select(
+            matched.alias("_m"), *[e.alias(n) for n, e in exprs.items()]))
         cols = []
         for n in fields.columns:
             if n in exprs:
@@ -176,6 +180,63 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
     # a field named like a frame column (sched_wake_idle_without_ipi.cpu) gets a "_" suffix, as in trace.dat frames
     fields = fields.rename({c: f"{c}_" for c in fields.columns if c in _RESERVED})
     return pl.concat([out, fields], how="horizontal"), failed
+
+
+def _typed(ev: pl.DataFrame) -> pl.DataFrame:
+    """Event lines of :func:`._lines.classify` (text columns) in the typed form of :func:`._fast.parse_events`:
+    ``pid`` Int64, ``cpu`` Int32, ``ts`` Int64 ns, ``ts_frac`` (digits after the dot), ``comm`` stripped."""
+    frac = pl.col("ts").str.split_exact(".", 1).struct.field("field_1").str.len_chars()
+    return ev.select("line_no", pl.col("comm").str.strip_chars(), pl.col("pid").cast(pl.Int64, strict=False),
+                     pl.col("cpu").cast(pl.Int32), "flags", _ts_ns().alias("ts"),
+                     frac.fill_null(0).cast(pl.Int8).alias("ts_frac"), "event", "info")
+
+
+def _stack_lines(text: _fast.Text, rows: np.ndarray, extra: pl.DataFrame | None) -> pl.DataFrame:
+    """``line_no, line`` of the frame lines at ``rows`` (plus ``extra`` ones), for :func:`._lines.attach_stacks`."""
+    df = pl.DataFrame({"line_no": (rows + 1).astype(np.uint32),
+                       "line": text.strings(text.starts[rows], text.ends[rows])})
+    return df if extra is None or extra.height == 0 else pl.concat([df, extra]).sort("line_no")
+
+
+def _classify_fast(text: _fast.Text) -> tuple[pl.DataFrame, pl.DataFrame | None, pl.DataFrame, np.ndarray]:
+    """:func:`._lines.classify` with the common line forms read from the bytes (:mod:`._fast`); the lines it does
+    not read go through the Polars classifier. Returns (typed events, frame lines or None while they are only
+    ``stack_rows`` indices, others, stack_rows)."""
+    first, *_ = _fast.first_bytes(text)
+    stack = _fast.stack_line_mask(text)
+    cand = np.flatnonzero(~stack & (first != ord("#")) & (text.ends > text.starts))
+    ok, ev = _fast.parse_events(text, cand)
+    rest_rows = np.sort(np.concatenate([cand[~ok], np.flatnonzero(~stack & ((first == ord("#"))
+                                                                          | (text.ends == text.starts)))]))
+    rest = pl.DataFrame({"line_no": (rest_rows + 1).astype(np.uint32),
+                         "line": text.strings(text.starts[rest_rows], text.ends[rest_rows])})
+    rev, odd, others = _lines.classify(rest)
+    if rev.height:
+        ev = pl.concat([ev, _typed(rev)]).sort("line_no")
+    stack_rows = np.flatnonzero(stack)
+    stack_lines = _stack_lines(text, stack_rows, odd) if odd.height else None
+    return ev, stack_lines, others, stack_rows
+
+
+def _split_funcgraph(ev: pl.DataFrame, others: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """:func:`._funcgraph.split` over the funcgraph rows only (it reads ``ts`` as text: Int64 ns as digits)."""
+    fg = ev["event"].is_in(list(_funcgraph.EVENTS))
+    if not fg.any():
+        return (ev, *_funcgraph.split(ev.clear(), others)[1:])
+    rest, others, graph = _funcgraph.split(ev.filter(fg).with_columns(pl.col("ts").cast(pl.String)), others)
+    return pl.concat([ev.filter(~fg), rest.with_columns(pl.col("ts").cast(pl.Int64))]).sort("line_no"), others, graph
+
+
+def _by_unique(info: pl.Series, parse: Callable[[pl.Series], pl.DataFrame]) -> pl.DataFrame:
+    """``parse(info)``, run once per distinct text when texts repeat (lock addresses, stack markers)."""
+    if len(info) < 4096:
+        return parse(info)
+    uniq = info.unique()
+    if len(uniq) * 2 > len(info):
+        return parse(info)
+    key = "\x00info"
+    table = parse(uniq).with_columns(uniq.alias(key))
+    return info.alias(key).to_frame().join(table, on=key, how="left", maintain_order="left").drop(key)
 
 
 def _learn_vcpu(frames: dict[str, pl.DataFrame]) -> None:
@@ -252,19 +313,35 @@ def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int]
     data, compression = read_bytes(p, max_bytes)
     check_text(data, p)
     step(1)
-    lines = _lines.strip_quotes(lines_frame(data))
-    del data
-    ev, stack_lines, others = _lines.classify(lines)
-    ev, others, graph = _funcgraph.split(ev, others)   # function_graph call lines
+    text = _fast.split(data)
+    if text is None:
+        lines = _lines.strip_quotes(lines_frame(data))
+        n_lines = lines.height
+        del data
+        ev, stack_lines, others = _lines.classify(lines)
+        ev = _typed(ev)
+    else:
+        del data
+        n_lines = len(text)
+        ev, stack_lines, others, stack_rows = _classify_fast(text)
+    ev, others, graph = _split_funcgraph(ev, others)   # function_graph call lines
     md = _lines.metadata(others)
     step(2)
     if ev.height == 0 and graph.height == 0 and not (others["kind"] == "ignored").any():
+        if text is not None and stack_lines is None:
+            stack_lines = _stack_lines(text, stack_rows, None)
         first = pl.concat([others.select("line_no", "line"),
                            stack_lines.select("line_no", "line")]).sort("line_no").head(1)
         found = repr(first["line"][0][:60]) if first.height else "nothing"
         raise ParseError(p, 0, "tracefs or trace-cmd report text (lines like 'comm-pid [cpu] ts: event: info')",
                          found)
-    stacks, orphans = _lines.attach_stacks(ev, stack_lines, STACK_EVENTS)
+    attached = None
+    if text is not None and stack_lines is None:
+        attached = _fast.attach(text, stack_rows, ev["line_no"].to_numpy(),
+                                ev["event"].is_in(list(STACK_EVENTS)).to_numpy())
+        if attached is None:
+            stack_lines = _stack_lines(text, stack_rows, None)
+    stacks, orphans = attached if attached is not None else _lines.attach_stacks(ev, stack_lines, STACK_EVENTS)
     step(3)
     with_flags = ev["flags"].is_not_null().any()
     frames: dict[str, pl.DataFrame] = {}
@@ -292,9 +369,8 @@ def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int]
     unparsed = pl.concat([others.filter(pl.col("kind") == "unparsed").select("line_no", "line"), orphans]) \
         .sort("line_no")
     md.update({"compression": compression, "long_size": long_size,
-               "ts_precision_ns": 1 if ev["ts"].head(1000).str.split_exact(".", 1).struct.field("field_1")
-               .str.len_chars().max() == 9 else 1000,
-               "lines": lines.height, "unparsed": unparsed.height})
+               "ts_precision_ns": 1 if ev["ts_frac"].head(1000).max() == 9 else 1000,
+               "lines": n_lines, "unparsed": unparsed.height})
     lost = _lines.lost_events(others).cast(LOST_SCHEMA)
     used = {k: fmts[k] for k in frames if k in fmts}
     step(5)
