@@ -84,20 +84,33 @@ def _call_columns(m: pl.Expr) -> list[pl.Expr]:
     return [dur_ns.alias("dur_ns"), depth.alias("depth"), kind.alias("kind"), name.alias("name")]
 
 
+def _named_rows(ev: pl.DataFrame) -> pl.DataFrame:
+    """The function name of funcgraph rows in the ``-R`` (``func=NAME depth=…``) and ``-N`` (``--> NAME (depth)``,
+    ``<-- NAME (depth) (start: …``) forms, which the print-fmt inversion reads but for the name (kind ``named``)."""
+    rows = ev.filter(pl.col("event").is_in(list(EVENTS)))
+    if rows.height == 0:
+        return pl.DataFrame()
+    name = pl.coalesce(pl.col("info").str.extract(r"^func=(\S+)", 1),
+                       pl.col("info").str.extract(r"^(?:-->|<--) (\S+) \(\d+\)", 1))
+    return rows.select("line_no", "event", name.alias("name"), pl.lit("named").alias("kind")) \
+        .filter(pl.col("name").is_not_null())
+
+
 def _plugin_rows(ev: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """trace-cmd report rows of the funcgraph events in the plugin form → (graph rows, the other events)."""
     cand = pl.col("event").is_in(list(EVENTS)) & pl.col("info").str.contains(_PLUGIN)
     ev = ev.with_columns(cand.alias("_fg"))
     rows = ev.filter(pl.col("_fg"))
     rest = ev.filter(~pl.col("_fg")).drop("_fg")
+    named = _named_rows(rest)
     if rows.height == 0:
-        return pl.DataFrame(), rest
+        return named, rest
     m = pl.col("info").str.extract_groups(_PLUGIN)
     comm = pl.col("comm").str.strip_chars()
     rows = rows.select(pl.col("line_no"), _ns(pl.col("ts")).alias("ts"), pl.col("cpu").cast(pl.Int32, strict=False),
                        pl.col("pid").cast(pl.Int32, strict=False),
                        pl.when(comm == "<...>").then(None).otherwise(comm).alias("comm"), *_call_columns(m))
-    return rows, rest
+    return (pl.concat([rows, named], how="diagonal_relaxed") if named.height else rows), rest
 
 
 def _tracefs_rows(others: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -153,7 +166,8 @@ def split(ev: pl.DataFrame, others: pl.DataFrame) -> tuple[pl.DataFrame, pl.Data
             and separators become ``ignored``.
 
     Returns:
-        (events left, other lines left, graph rows: ``line_no, ts, cpu, pid, comm, dur_ns, depth, kind, name``).
+        (events left, other lines left, graph rows: ``line_no, ts, cpu, pid, comm, dur_ns, depth, kind, name``;
+        kind ``named`` rows only carry the name of a ``-R``/``-N`` row left among the events, with its ``event``).
     """
     a, ev = _plugin_rows(ev)
     b, others = _tracefs_rows(others)
@@ -182,7 +196,7 @@ def _frames(graph: pl.DataFrame, formats: dict[str, EventFormat], long_size: int
             kallsyms) -> dict[str, pl.DataFrame]:
     """Entry and exit frames of the graph rows (see the module docstring)."""
     task = pl.coalesce(pl.col("pid").cast(pl.Int64), -1 - pl.col("cpu").cast(pl.Int64).fill_null(0))
-    g = graph.with_columns(task.alias("_task"), pl.col("line_no").cast(pl.Int64))
+    g = graph.filter(pl.col("kind") != "named").with_columns(task.alias("_task"), pl.col("line_no").cast(pl.Int64))
     opens = (g.filter(pl.col("kind") == "open").select("_task", "depth", pl.col("line_no").alias("_open"),
                                                        pl.col("name").alias("_open_name")).sort("_open"))
     closes = g.filter(pl.col("kind") == "close").sort("line_no")
@@ -225,6 +239,20 @@ def merge(frames: dict[str, pl.DataFrame], graph: pl.DataFrame, formats: dict[st
     """Add the frames of ``graph`` (from :func:`split`) to ``frames`` (keyed ``system:event``, still holding
     ``line_no``), beside rows of the same events read in another form."""
     if graph.height == 0:
+        return
+    named = graph.filter(pl.col("kind") == "named")
+    for event, fmt in ((e, formats.get(e)) for e in EVENTS if named.height):
+        key = fmt.full_name if fmt is not None else event
+        names = named.filter(pl.col("event") == event)
+        if names.height and key in frames and "func_sym" not in frames[key].columns:
+            df = frames[key].join(names.select(pl.col("line_no").cast(frames[key].schema["line_no"]),
+                                               pl.col("name").alias("func_sym")), on="line_no", how="left",
+                                  maintain_order="left")
+            if "func" in df.columns:
+                df = df.with_columns(pl.coalesce("func", _address(df["func_sym"], kallsyms).cast(df.schema["func"]))
+                                     .alias("func"))
+            frames[key] = df
+    if named.height == graph.height:
         return
     for key, df in _frames(graph, formats, long_size, kallsyms).items():
         if key in frames:

@@ -12,7 +12,9 @@ exit ``ts`` = rettime) by ``tracekit.testing.write_tracedat``. Outputs in ``test
 - ``graph.dat``: the trace.dat;
 - ``report.txt.zst`` / ``report_t.txt.zst`` / ``report_tail.txt.zst``: what the REAL ``trace-cmd report`` (3.x;
   default, ``-t``, ``-O fgraph:tailprint -O fgraph:depth``) prints for it: trace-cmd's function-graph form
-  (``lib/trace-cmd/trace-ftrace.c``);
+  (``lib/trace-cmd/trace-ftrace.c``); ``reportR_head.txt.zst`` / ``reportN_head.txt.zst``: the first
+  ``HEAD_LINES`` lines of ``trace-cmd report -R`` / ``-N`` (one line per record, ``func=NAME depth=…`` and the
+  events' own print fmt ``<-- NAME (depth) (start: …  end: …)``);
 - ``tracefs.txt.zst`` / ``tracefs_noproc.txt.zst``: the kernel's tracefs layout of the function_graph tracer with
   ``funcgraph-abstime`` and ``funcgraph-proc`` on (and with ``funcgraph-proc`` off), DERIVED mechanically from
   ``report.txt`` line by line as ``kernel/trace/trace_functions_graph.c`` prints the same records
@@ -41,6 +43,7 @@ from tracekit.testing import write_tracedat
 OUT = Path(__file__).resolve().parents[1] / "data" / "text" / "funcgraph"
 PERIOD_S, BURST_S, DURATION_S = 2.0, 0.6, 8.0
 VCPUS = 3
+HEAD_LINES = 3000
 SYMS = ["_stext", "kvm_pmu_handle_event", "reprogram_counter", "pmc_reprogram_counter.part.0",
         "perf_event_ctx_lock", "perf_event_ctx_lock_nested.isra.0", "__mutex_lock.constprop.0",
         "mutex_spin_on_owner", "perf_event_ctx_unlock", "perf_event_period", "perf_ioctl", "process_one_work",
@@ -190,6 +193,8 @@ def main() -> int:
     outs = {"report": text, "report_t": report(dat, "-t"),
             "report_tail": report(dat, "-O", "fgraph:tailprint", "-O", "fgraph:depth"), "tracefs": tracefs(text, proc=True),
             "tracefs_noproc": tracefs(text, proc=False)}
+    for opt in ("-R", "-N"):   # the raw and the print-fmt forms: every record on its own line; a head is enough
+        outs[f"report{opt[1]}_head"] = "".join(report(dat, opt).splitlines(keepends=True)[:HEAD_LINES])
     for name, body in outs.items():
         (OUT / f"{name}.txt.zst").write_bytes(z.compress(body.encode()))
     return 0

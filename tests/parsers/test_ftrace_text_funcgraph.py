@@ -167,3 +167,25 @@ def test_trace_cmd_hex_function_is_the_address(tmp_path):
     ex = tracekit.load(p).events("funcgraph_exit")
     assert ex["func"].to_list() == [0xFFFFFFFFC0A01230]
     assert ex["calltime"].to_list() == [5_000_001_000]
+
+
+@pytest.mark.parametrize("name", ["reportR_head", "reportN_head"])
+def test_raw_and_print_fmt_forms_get_names(dat, name):
+    """``trace-cmd report -R`` / ``-N`` print each record on its own line: the print-fmt inversion reads the
+    numbers, the name lands in ``func_sym`` (and ``func`` through the kallsyms of ``formats=``)."""
+    text = tracekit.load(DATA / f"{name}.txt.zst", formats=DAT)
+    assert text.unparsed_lines.height == 0 and not text.damage
+    for event in COLS:
+        b = text.events(event)
+        assert b["func_sym"].null_count() == 0
+        # the head is a cut in time: each task's rows are its first ones, in its own order
+        rank = pl.int_range(pl.len()).over("common_pid").alias("_r")
+        b = b.select(COLS[event]).with_columns(rank)
+        a = dat.events(event).select(COLS[event]).with_columns(rank).join(
+            b.select("common_pid", "_r"), on=["common_pid", "_r"], how="semi", maintain_order="left")
+        a, b = (x.sort("common_pid", "_r") for x in (a, b))
+        for c in COLS[event]:
+            if c == "ts":
+                assert _max_diff(a[c], b[c]) <= 500
+            else:
+                assert b[c].equals(a[c]), (event, c)
