@@ -168,30 +168,6 @@ def _gather_lists(stream: Stream, starts: np.ndarray, counts: np.ndarray) -> tup
     return stream.u64(byte), offsets
 
 
-def strip_context(flat: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Remove PERF_CONTEXT_* markers from callchains as perf script does.
-
-    Returns:
-        (ips, offsets, context): the remaining addresses, new list offsets, and for each address the marker in
-        force before it (``PERF_CONTEXT_KERNEL`` …, or 0 when none preceded it).
-    """
-    n = len(offsets) - 1
-    marker = flat >= L.PERF_CONTEXT_MAX
-    counts = np.diff(offsets)
-    seg = np.repeat(np.arange(n), counts)
-    idx = np.arange(len(flat))
-    starts = np.zeros(len(flat), dtype=bool)
-    starts[offsets[:-1][counts > 0]] = True
-    last = np.where(marker | starts, idx, 0)
-    np.maximum.accumulate(last, out=last)
-    ctx = np.where(marker[last], flat[last], np.uint64(0))
-    keep = ~marker
-    new_counts = np.bincount(seg[keep], minlength=n) if n else np.zeros(0, dtype=np.int64)
-    new_offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(new_counts, out=new_offsets[1:])
-    return flat[keep], new_offsets, ctx[keep]
-
-
 def list_series(name: str, values: pl.Series, offsets: np.ndarray) -> pl.Series:
     """A List column from flat values and offsets (no per-row Python)."""
     n = len(offsets) - 1

@@ -13,29 +13,12 @@ import polars as pl
 
 from tracekit.symbols import Kallsyms
 
-from . import layout as L
-from .samples import strip_context
+from .stacks import KERNEL_START, distinct_stacks, strip_context
 
-KERNEL_START = np.uint64(0xFFFF800000000000)
-CTX_KERNEL = np.uint64(2**64 - 128)
-CTX_USER = np.uint64(2**64 - 512)
 UNKNOWN = "[unknown]"
 _USER_BITS = np.uint64(47)
 _USER_LIMIT = np.uint64(1 << 47)
 _USER_MASK = np.uint64((1 << 47) - 1)
-# PERF_CONTEXT_HV, KERNEL, USER, GUEST, GUEST_KERNEL, GUEST_USER
-_CONTEXTS = np.array([2**64 - 32, 2**64 - 128, 2**64 - 512, 2**64 - 2048, 2**64 - 2176, 2**64 - 2560],
-                     dtype=np.uint64)
-_MIX1 = np.uint64(0x9E3779B97F4A7C15)
-_MIX2 = np.uint64(0xC2B2AE3D27D4EB4F)
-
-
-def _mix(v: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, elementwise (wrapping uint64 arithmetic)."""
-    with np.errstate(over="ignore"):
-        v = (v ^ (v >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        v = (v ^ (v >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return v ^ (v >> np.uint64(31))
 
 
 def _factorize_small(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,24 +32,6 @@ def _factorize_small(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     present[v - lo] = True
     rank = np.cumsum(present) - 1
     return np.nonzero(present)[0].astype(v.dtype) + lo, rank[v - lo]
-
-
-def _first_and_inverse(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(h, return_index=True, return_inverse=True)[1:]`` with one unstable sort (first occurrences are
-    found by a reversed scatter, not a stable sort)."""
-    if not len(h):
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    perm = np.argsort(h)
-    s = h[perm]
-    new = np.empty(len(h), dtype=bool)
-    new[0] = True
-    np.not_equal(s[1:], s[:-1], out=new[1:])
-    rank = np.cumsum(new) - 1
-    inv = np.empty(len(h), dtype=np.int64)
-    inv[perm] = rank
-    first = np.empty(int(rank[-1]) + 1, dtype=np.int64)
-    first[inv[::-1]] = np.arange(len(h) - 1, -1, -1, dtype=np.int64)  # the last write per slot is the first row
-    return first, inv
 
 
 def perf_kallsyms(ks: Kallsyms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -279,6 +244,7 @@ class Symbolizer:
         self.symfs = symfs
         self.maps = self._maps(tables)
         self._elf: dict[str, _Elf] = {}
+        self._ktable: tuple[np.ndarray, np.ndarray] | None = None
         self.comm = tables.get("comm")
         self.invalid_callchains = 0
         self.fork = tables.get("fork")
@@ -293,18 +259,30 @@ class Symbolizer:
         m = pl.concat(parts).filter(pl.col("pid") >= 0)
         return m.sort(["pid", "addr", "seq"])
 
-    def _kernel(self, ips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n = len(ips)
+    def _kernel_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sym, dso) of every kallsyms symbol, then of ``[unknown]`` (the code of addresses below the first)."""
+        if self._ktable is None:
+            if self.k is None:
+                self._ktable = np.array([UNKNOWN], dtype=object), np.array([UNKNOWN], dtype=object)
+            else:
+                _, names, mods = self.k
+                dso = np.full(len(names) + 1, "[kernel.kallsyms]", dtype=object)
+                dso[-1] = UNKNOWN
+                in_mod = np.nonzero(mods != "")[0]
+                dso[in_mod] = "[" + mods[in_mod].astype(object) + "]"
+                self._ktable = np.append(names, UNKNOWN).astype(object), dso
+        return self._ktable
+
+    def _kernel(self, ips: np.ndarray) -> np.ndarray:
+        """Codes into :meth:`_kernel_table` of kernel addresses: the symbol at or before each, straight from one
+        binary search per address (a distinct-address pass would cost more: addresses repeat across stacks but
+        sorting them costs more than searching the table)."""
         if self.k is None:
-            return np.full(n, UNKNOWN, dtype=object), np.full(n, UNKNOWN, dtype=object)
-        addrs, names, mods = self.k
+            return np.zeros(len(ips), dtype=np.int64)
+        addrs = self.k[0]
         i = np.searchsorted(addrs, ips, side="right") - 1
-        ok = i >= 0
-        safe = np.maximum(i, 0)
-        sym = np.where(ok, names[safe], UNKNOWN)
-        dso = np.where(ok, np.where(mods[safe] == "", "[kernel.kallsyms]", "[" + mods[safe].astype(str) + "]"),
-                       UNKNOWN)
-        return sym.astype(object), dso.astype(object)
+        i[i < 0] = len(addrs)
+        return i
 
     def _user(self, pids: np.ndarray, ips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = len(ips)
@@ -354,29 +332,35 @@ class Symbolizer:
             self._elf[filename] = e
         return e
 
-    def resolve(self, pid: np.ndarray, ip: np.ndarray, kernel: np.ndarray) -> tuple[pl.Series, pl.Series]:
-        """(sym, dso) of each address, looked up once per distinct address (kernel) or (pid, address) (user)."""
+    def _codes(self, pid: np.ndarray, ip: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, pl.Series, pl.Series]:
+        """(codes, syms, dsos): each address's code into the sym and dso tables; kernel addresses by a search of
+        kallsyms, user ones looked up once per distinct (pid, address)."""
         ip = np.asarray(ip, dtype=np.uint64)
         codes = np.empty(len(ip), dtype=np.int64)
-        uk, kinv = np.unique(ip[kernel], return_inverse=True)
-        ksym, kdso = self._kernel(uk)
-        codes[kernel] = kinv
+        ksym, kdso = self._kernel_table()
+        codes[kernel] = self._kernel(ip[kernel])
         user = ~kernel
         upid, prank = _factorize_small(np.asarray(pid, dtype=np.int64)[user])
-        ukey = (prank.astype(np.uint64) << _USER_BITS) | (ip[user] & _USER_MASK)
-        big = ip[user] >= _USER_LIMIT  # not a user address: keep it apart (resolves to [unknown])
-        ukey[big] = ip[user][big]
-        uu, uinv = np.unique(ukey, return_inverse=True)
+        uip = ip[user]
+        ukey = (prank.astype(np.uint64) << _USER_BITS) | (uip & _USER_MASK)
+        big = uip >= _USER_LIMIT  # not a user address: keep it apart (resolves to [unknown])
+        ukey[big] = uip[big]
+        uu = np.unique(ukey)  # values only (numpy's hash path), then one search per address for its code
+        uinv = np.searchsorted(uu, ukey)
         small = uu < (np.uint64(len(upid)) << _USER_BITS)
         qpid = np.where(small, upid[np.minimum((uu >> _USER_BITS).astype(np.int64), max(len(upid) - 1, 0))]
                         if len(upid) else 0, -1)
         qip = np.where(small, uu & _USER_MASK, uu)
         usym, udso = self._user(qpid.astype(np.int64), qip.astype(np.uint64))
-        codes[user] = len(uk) + uinv
-        names = pl.Series("sym", np.concatenate([ksym, usym]), dtype=pl.String)
-        dsos = pl.Series("dso", np.concatenate([kdso, udso]), dtype=pl.String)
+        codes[user] = len(ksym) + uinv
+        return (codes, pl.Series("sym", np.concatenate([ksym, usym]), dtype=pl.String),
+                pl.Series("dso", np.concatenate([kdso, udso]), dtype=pl.String))
+
+    def resolve(self, pid: np.ndarray, ip: np.ndarray, kernel: np.ndarray) -> tuple[pl.Series, pl.Series]:
+        """(sym, dso) of each address."""
+        codes, syms, dsos = self._codes(pid, ip, kernel)
         idx = pl.Series(codes)
-        return names.gather(idx), dsos.gather(idx)
+        return syms.gather(idx), dsos.gather(idx)
 
     # -- frames -----------------------------------------------------------------------------------------------
     def finish(self, parts: list[pl.DataFrame], cc_parts: list, tables) -> pl.DataFrame:
@@ -422,60 +406,25 @@ class Symbolizer:
                     extra: tuple) -> tuple[pl.Series, pl.Series, pl.Series, pl.Series]:
         """``callchain`` and ``callchain_ip`` List columns from the raw callchains (``flat`` words, ``cnt`` per
         sample), returned in the row ``order`` given, then the (sym, dso) of the ``extra`` (pid, ip, kernel)
-        addresses, resolved in the same pass. Samples repeat the same few stacks, so each distinct (pid,
-        stack) is stripped of its context markers, named and listed once, then gathered per sample; stacks are
-        grouped by a 64-bit hash (of address and depth) and then compared frame by frame with their group's first
-        stack; any collision falls back to one stack per sample."""
-        n = len(cnt)
-        offs = np.zeros(n + 1, dtype=np.int64)
+        addresses, resolved in the same pass. Samples repeat the same stacks, so each distinct (pid, stack) is
+        stripped of its context markers, named and listed once (:mod:`.stacks`), then gathered per sample."""
+        offs = np.zeros(len(cnt) + 1, dtype=np.int64)
         np.cumsum(cnt, out=offs[1:])
-        depth = (np.arange(len(flat), dtype=np.int64) - np.repeat(offs[:-1], cnt)).astype(np.uint64)
-        # only stacks with user addresses depend on the process; kernel-only stacks are shared by all
-        userish = (flat < KERNEL_START).astype(np.int64)
-        cu = np.zeros(len(flat) + 1, dtype=np.int64)
-        np.cumsum(userish, out=cu[1:])
-        has_user = (cu[offs[1:]] - cu[offs[:-1]]) > 0
-        rowpid = np.where(has_user, np.asarray(pid).astype(np.int64), -1).astype(np.uint64)
-        with np.errstate(over="ignore"):
-            v = (flat ^ (depth * _MIX1)) * _MIX2  # one multiply-xorshift per frame; collisions are checked below
-            v ^= v >> np.uint64(29)
-            cs = np.zeros(len(flat) + 1, dtype=np.uint64)
-            np.cumsum(v, out=cs[1:])
-            h = (cs[offs[1:]] - cs[offs[:-1]]) ^ _mix(rowpid * _MIX1 + cnt.astype(np.uint64))
-        first, inv = _first_and_inverse(h)
-        # exact check: every stack equals the first stack with its hash, frame by frame
-        same = (cnt[first][inv] == cnt).all() and (rowpid[first][inv] == rowpid).all()
-        if same and len(flat):
-            rep = np.repeat(offs[:-1][first][inv] - offs[:-1], cnt) + np.arange(len(flat), dtype=np.int64)
-            same = bool((flat[rep] == flat).all())
-        if not same:  # a collision: no sharing
-            first, inv = np.arange(n), np.arange(n)
+        first, inv = distinct_stacks(flat, offs, pid)
         ucnt = cnt[first]
         uoffs = np.zeros(len(first) + 1, dtype=np.int64)
         np.cumsum(ucnt, out=uoffs[1:])
         take = np.repeat(offs[:-1][first] - uoffs[:-1], ucnt) + np.arange(int(uoffs[-1]), dtype=np.int64)
-        raw = flat[take]
-        # perf drops a whole callchain holding a marker-range value that is no PERF_CONTEXT_* it knows
-        odd = (raw >= L.PERF_CONTEXT_MAX) & ~np.isin(raw, _CONTEXTS)
-        if odd.any():
-            rowof = np.repeat(np.arange(len(first)), ucnt)
-            bad_rows = np.unique(rowof[odd])
-            self.invalid_callchains += int(np.isin(inv, bad_rows).sum())
-            keep = ~np.isin(rowof, bad_rows)
-            raw = raw[keep]
-            ucnt = np.bincount(rowof[keep], minlength=len(first))
-            uoffs = np.zeros(len(first) + 1, dtype=np.int64)
-            np.cumsum(ucnt, out=uoffs[1:])
-        uflat, uoffs, uctx = strip_context(raw, uoffs)  # PERF_CONTEXT_* out, as perf script prints
-        ucnt = np.diff(uoffs)
-        upid = np.repeat(np.asarray(pid)[first], ucnt)
-        ukern = (uctx == CTX_KERNEL) | ((uctx == 0) & (uflat >= KERNEL_START))
+        uflat, ucnt, ukern, dropped = strip_context(flat[take], uoffs)  # PERF_CONTEXT_* out, as perf script prints
+        self.invalid_callchains += int(dropped[inv].sum())
+        upid = np.repeat(np.asarray(pid, dtype=np.int64)[first], ucnt)
         epid, eip, ekern = extra
         m = len(uflat)
-        allsym, alldso = self.resolve(np.concatenate([np.asarray(upid, dtype=np.int64), np.asarray(epid, np.int64)]),
-                                      np.concatenate([uflat, np.asarray(eip, dtype=np.uint64)]),
-                                      np.concatenate([ukern, ekern]))
-        usym = allsym.slice(0, m)
+        codes, syms, dsos = self._codes(np.concatenate([upid, np.asarray(epid, np.int64)]),
+                                        np.concatenate([uflat, np.asarray(eip, dtype=np.uint64)]),
+                                        np.concatenate([ukern, ekern]))
+        usym = syms.gather(pl.Series(codes[:m]))
+        ecodes = pl.Series(codes[m:])
         urow = pl.Series("row", np.repeat(np.arange(len(first), dtype=np.int64), ucnt)).set_sorted()  # sorted fast path
         lists = (pl.DataFrame({"row": urow, "callchain": usym, "callchain_ip": pl.Series(uflat, dtype=pl.UInt64)})
                  .group_by("row", maintain_order=True).agg("callchain", "callchain_ip"))
@@ -487,8 +436,8 @@ class Symbolizer:
         where = np.full(len(first), lists.height, dtype=np.int64)
         where[lists["row"].to_numpy()] = np.arange(lists.height)
         idx = pl.Series(where[inv[order]])
-        return (full["callchain"].gather(idx), full["callchain_ip"].gather(idx), allsym.slice(m).alias("sym"),
-                alldso.slice(m).alias("dso"))
+        return (full["callchain"].gather(idx), full["callchain_ip"].gather(idx), syms.gather(ecodes),
+                dsos.gather(ecodes))
 
     def _comm(self, df: pl.DataFrame) -> pl.DataFrame:
         if "tid" not in df.columns:
