@@ -31,16 +31,19 @@ from tracekit.model import LOST_MARKS_SCHEMA, LOST_SCHEMA, Trace
 from tracekit.symbols import Kallsyms
 
 from . import layout as L
-from .fields import Payloads, event_columns
+from .frames import (
+    _frame,  # noqa: F401 - the streaming reader's frame builder
+    _State,
+    frame_from_records,
+)
 from .pages import build_pageset, pageset_bytes, walk
+from .records import EventRecords, gather_events, page_buffer
 from .sections import Blob, FileInfo, cpu_chunks, fill_chunks, read_info
 
 __all__ = ["sniff", "read"]
 
 _NS_CLOCKS = ("local", "global", "uptime", "perf", "mono", "mono_raw", "boot", "tai", "tsc2nsec")
 _PRINTK = re.compile(r"^\s*(0x[0-9a-fA-F]+)\s*:\s*\"(.*)\"\s*$", re.M)
-_RESERVED = ("ts", "cpu", "buffer")
-_PID_CHUNK = 1 << 20
 try:
     _LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
     _LIBC.malloc_trim  # noqa: B018 - glibc only (musl has none)
@@ -155,92 +158,6 @@ def _cmdlines(text: str) -> tuple[np.ndarray, list[str]]:
     return np.array(pids, np.int64), names
 
 
-@dataclass
-class _State:
-    """What the lazy frame builders need: the decoded records and everything to name them."""
-
-    path: str
-    buf: np.ndarray
-    big: bool
-    long_size: int
-    pids: np.ndarray
-    comms: list[str]
-    buffer_names: list[str]
-    kallsyms: Kallsyms | None
-    printk: dict[int, str]
-    pending: int = 0
-
-
-def _frame(st: _State, fmt: EventFormat, data: np.ndarray, length: np.ndarray, ts: np.ndarray, cpu: np.ndarray,
-           group: np.ndarray) -> pl.DataFrame:
-    width = max([f.offset + f.size for f in fmt.fields] + [int(length.max()) if len(length) else 0])
-    direct = frozenset()
-    if not any(f.is_dynamic or f.array_len == 0 for f in fmt.fields) and not (fmt.system == "ftrace"
-                                                                               and fmt.name == "kernel_stack"):
-        # fixed 4-/8-byte element arrays (sys_enter's args[6]) skip the record block: gathered straight out
-        direct = frozenset(f.name for f in fmt.fields if f.array_len and not f.is_string and f.offset % 4 == 0
-                           and f.element_size(st.long_size) in (4, 8) and f.size % 4 == 0)
-        if direct:
-            width = max([f.offset + f.size for f in fmt.fields if f.name not in direct] + [4])
-    p = Payloads(st.buf, data, length, st.big, st.long_size, width, direct)
-    cols = event_columns(fmt, p)
-    del p
-    out: dict[str, pl.Series] = {"ts": pl.Series("ts", ts, dtype=pl.Int64), "cpu": pl.Series("cpu", cpu, dtype=pl.Int32)}
-    if len(st.buffer_names) > 1:
-        out["buffer"] = pl.Series("buffer", st.buffer_names, dtype=pl.String).gather(group.astype(np.uint32))
-    for name in ("common_pid", "common_flags", "common_preempt_count"):
-        if name in cols:
-            out[name] = cols.pop(name)
-    if "common_pid" in out:
-        # pid -> comm by binary search in the sorted cmdlines pids; misses gather a null
-        pid = out["common_pid"].to_numpy()
-        keys, first = np.unique(np.concatenate([[0], st.pids]).astype(np.int64), return_index=True)
-        vals = pl.Series(["<idle>"] + st.comms, dtype=pl.String).gather(first.astype(np.uint32))
-        # keys outside the pid column's range match nothing: dropped, so the search runs in its own width
-        span = np.iinfo(pid.dtype) if pid.dtype.kind in "iu" else np.iinfo(np.int64)
-        keep = (keys >= span.min) & (keys <= span.max)
-        keys, vals = keys[keep].astype(pid.dtype), vals.filter(pl.Series(keep))
-        # searched in row chunks straight into 32-bit gather indices: no whole-column int64 temporaries
-        at = np.empty(len(pid), np.uint32)
-        miss = []
-        for lo in range(0, len(pid), _PID_CHUNK):
-            part = pid[lo:lo + _PID_CHUNK]
-            a = np.clip(np.searchsorted(keys, part), 0, max(len(keys) - 1, 0))
-            at[lo:lo + _PID_CHUNK] = a
-            miss.append(np.flatnonzero(keys[a] != part) + lo if len(keys) else np.arange(lo, lo + len(part)))
-        idx = pl.Series(at)
-        del at
-        miss = np.concatenate(miss) if miss else np.zeros(0, np.int64)
-        if len(miss):
-            idx = idx.scatter(miss, None)
-        out["common_comm"] = vals.gather(idx).rename("common_comm")
-    for name, s in cols.items():
-        if name.startswith("common_"):
-            out[name] = s
-    for name, s in cols.items():
-        if not name.startswith("common_"):
-            key = f"{name}_" if name in _RESERVED else name
-            out[key] = s.rename(key)
-    df = pl.DataFrame(out)
-    if fmt.system == "ftrace" and fmt.name == "kernel_stack" and "caller" in df.columns:
-        df = df.with_columns(_callers(st, df["caller"]))
-    if fmt.system == "ftrace" and fmt.name == "bprint":
-        from .bprint import bprint_text
-
-        df = df.with_columns(bprint_text(df, st.printk, st.big, st.kallsyms, st.long_size))
-    return df
-
-
-def _callers(st: _State, caller: pl.Series) -> pl.Series:
-    """``callers``: the symbol name of every caller address, as trace-cmd's stack plugin shows them."""
-    flat = caller.explode().drop_nulls().unique().sort()
-    if st.kallsyms is None or flat.is_empty() or not len(st.kallsyms):
-        return caller.list.eval(pl.lit(None, dtype=pl.String)).rename("callers")
-    names = pl.Series(st.kallsyms.resolve(flat.to_numpy())[0].tolist(), dtype=pl.String)
-    return caller.list.eval(pl.element().replace_strict(flat, names, default=None, return_dtype=pl.String)) \
-        .rename("callers")
-
-
 def read(source: str | os.PathLike, *, buffer: str | None = None, progress=None, **_options) -> Trace:
     """Read a trace.dat (v6 or v7) into a :class:`~tracekit.Trace`.
 
@@ -338,7 +255,7 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
         plans.append((b.page_size or info.page_size, parts))
     # every buffer's pages in one allocation: each buffer fills its own slice, nothing is concatenated afterwards
     room = [pageset_bytes(parts, page_size) for page_size, parts in plans]
-    buf = np.zeros(sum(room) + 16, np.uint8)
+    buf, release = page_buffer(sum(room) + 16)
 
     def fill(chunks, dest, compressed):
         nonlocal done
@@ -347,62 +264,60 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
         if progress is not None:
             progress(done, total)
 
-    base = 0
+    base = npages = 0
+    pages = []
     for (page_size, parts), n in zip(plans, room, strict=True):
         ps = build_pageset(parts, page_size, path, damage, fill, buf[base:])
         recs = walk(ps, page_size, long_size, info.big_endian, path)
         damage.extend(recs.damage)
         if base:
             recs.data += base
-        cols.append((recs.data, recs.length, _to_ns(recs.ts, md), ps.cpu[recs.page].astype(np.int16),
-                     ps.group[recs.page].astype(np.int16)))
+        cols.append((recs.data, recs.length, _to_ns(recs.ts, md), recs.page + npages if npages else recs.page))
+        pages.append((ps.starts + base, ps.starts + base + page_size, ps.cpu, ps.group))
         lost_rows.append((ps.cpu, ps.group, recs.lost))
         if recs.lost.any():
             marks.append(_lost_marks(ps, recs, md, info.big_endian))
+        npages += len(ps.starts)
         del recs, ps
         base += n
     if len(cols) == 1:
-        data, length, ts, cpu, group = cols[0]
+        data, length, ts, page = cols[0]
     else:
-        data, length, ts, cpu, group = (np.concatenate([c[i] for c in cols]) if cols else np.zeros(0, np.int64)
-                                        for i in range(5))
+        data, length, ts, page = (np.concatenate([c[i] for c in cols]) if cols else np.zeros(0, np.int64)
+                                  for i in range(4))
     del cols
+    starts, ends, page_cpu, page_group = (np.concatenate([p[i] for p in pages]) if pages else np.zeros(0, np.int64)
+                                          for i in range(4))
     u32 = buf[: len(buf) // 4 * 4].view(">u4" if info.big_endian else "<u4")
     word = u32[data >> 2] if len(data) else np.zeros(0, np.uint32)
     ids = ((word >> 16) if info.big_endian else (word & 0xFFFF)).astype(np.uint16)
     ids[length < 2] = 0xFFFF
-    del word
-    # rows in time order (stable: ties keep buffer, CPU, then ring-buffer order), then one radix sort of the
-    # 16-bit event ids groups them per event keeping that order; one composed index gathers each event's rows
-    order = np.argsort(ts, kind="stable")
-    by_id = order[np.argsort(ids[order], kind="stable")]
-    del order
-    sorted_ids = ids[by_id]
+    del word, u32
     lost = _lost_frame(lost_rows, buffers)
     names = pl.Series([b.name for b in buffers], dtype=pl.String)
     tables["lost_marks"] = (pl.concat(marks) if marks else pl.DataFrame(schema={**LOST_MARKS_SCHEMA, "g": pl.Int16}))
     if len(buffers) > 1:
         tables["lost_marks"] = tables["lost_marks"].with_columns(buffer=names.gather(tables["lost_marks"]["g"]))
     tables["lost_marks"] = tables["lost_marks"].drop("g")
-    st = _State(path, buf, info.big_endian, long_size, pids, comms, [b.name for b in buffers], kallsyms, printk)
-    frames: dict = {}
-    counts: dict[str, int] = {}
-    bounds = np.flatnonzero(np.diff(sorted_ids.astype(np.int32))) + 1
-    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(by_id)], strict=True):
-        if lo == hi:
-            continue
-        eid = int(sorted_ids[lo])
-        sel = by_id[lo:hi]
-        fmt = index.parse(eid, damage)
+    fmts = {}
+    per_id = np.bincount(ids, minlength=1 << 16)
+    for eid in np.flatnonzero(per_id):
+        fmt = index.parse(int(eid), damage)
         if fmt is None:
             damage.append(ParseError(path, None, "records whose common_type has an event format",
-                                     f"{hi - lo} records of unknown type {eid}"))
-            continue
-        key = fmt.full_name
-        counts[key] = int(hi - lo)
-        frames[key] = _builder(st, fmt, data[sel], length[sel], ts[sel], cpu[sel], group[sel])
-    del data, length, ts, cpu, group, by_id, ids
-    st.pending = len(frames)
+                                     f"{per_id[eid]} records of unknown type {eid}"))
+        else:
+            fmts[int(eid)] = fmt
+    # each event's records copied out in time order while the page buffer is handed back page by page
+    chunks = gather_events(buf[: len(buf) // 4 * 4].view(np.uint32), release, starts, ends, data, length, ts, page,
+                           ids, fmts)
+    del data, length, ts, page, ids, buf, release, starts, ends
+    _trim()
+    st = _State(path, None, info.big_endian, long_size, pids, comms, [b.name for b in buffers], kallsyms, printk)
+    page_cpu, page_group = page_cpu.astype(np.int16), page_group.astype(np.int16)
+    frames = {fmts[eid].full_name: _builder(st, fmts[eid], EventRecords(chunks.pop(eid), page_cpu, page_group))
+              for eid in sorted(fmts)}
+    counts = {fmts[eid].full_name: int(per_id[eid]) for eid in sorted(fmts)}
     md["events"] = int(sum(counts.values()))
     return Trace(source=path, format="trace.dat", frames=frames, metadata=md, formats=index.by_name(),
                  lost_events=lost, kallsyms=kallsyms, damage=damage, tables=tables, counts_hint=counts)
@@ -415,17 +330,17 @@ def _trim() -> None:
         _LIBC.malloc_trim(0)
 
 
-def _builder(st: _State, fmt: EventFormat, *arrays):
-    """A zero-argument frame builder; it drops its index arrays once built (and the page buffer once every
-    builder has run), so a fully read trace holds its frames, not the raw data."""
-    box: dict = {"arrays": arrays}
+def _builder(st: _State, fmt: EventFormat, rec: EventRecords):
+    """A zero-argument frame builder; it drops the event's records as it builds, so a fully read trace holds its
+    frames, not the raw data."""
+    box: dict = {"arrays": rec}
 
     def build() -> pl.DataFrame:
         if "df" not in box:
             if "arrays" not in box:
                 raise box["error"]
             try:
-                box["df"] = _frame(st, fmt, *box.pop("arrays"))
+                box["df"] = frame_from_records(st, fmt, box.pop("arrays"))
             except TracekitError as exc:
                 box["error"] = exc
                 raise
@@ -434,9 +349,6 @@ def _builder(st: _State, fmt: EventFormat, *arrays):
                 box["error"] = ParseError(st.path, None, f"decodable {fmt.full_name} records",
                                           f"{type(exc).__name__}: {exc}")
                 raise box["error"] from exc
-            st.pending -= 1
-            if st.pending <= 0:
-                st.buf = np.zeros(16, np.uint8)
             _trim()
         return box["df"]
 

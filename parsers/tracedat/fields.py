@@ -51,6 +51,23 @@ class Payloads:
         self.u32 = u32
         self.u16 = buf[: len(buf) // 2 * 2].view(">u2" if big else "<u2")
 
+    @classmethod
+    def from_block(cls, block: np.ndarray, length: np.ndarray, big: bool, long_size: int) -> Payloads:
+        """The records already laid out one per row of ``block`` ((rows, words) uint32, C-contiguous)."""
+        self = cls.__new__(cls)
+        self.length = length.astype(np.int64)
+        self.big = big
+        self.long_size = long_size
+        self.direct = frozenset()
+        self.src = None
+        self.block = block
+        self.buf = block.view(np.uint8).reshape(-1)
+        self.off = np.arange(block.shape[0], dtype=np.int64) * (block.shape[1] * 4)
+        self.u32 = block.reshape(-1).view(">u4" if big else "<u4")
+        self.u16 = self.buf.view(">u2" if big else "<u2")
+        self.last = len(self.buf) - 1
+        return self
+
     def drop_block(self) -> None:
         """Free the record block once every field it holds is read (only ``direct`` fields remain)."""
         if self.block is not None:

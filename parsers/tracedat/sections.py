@@ -6,6 +6,7 @@ where every buffer's per-CPU ring-buffer data lies; ``pages.py`` decodes that da
 
 from __future__ import annotations
 
+import mmap
 import zlib
 from dataclasses import dataclass, field
 
@@ -423,6 +424,9 @@ def _zstd_into(raw: bytes, dest: np.ndarray, path: str, off: int) -> None:
         raise ParseError(path, off, f"zstd data expanding to {len(dest)} bytes", f"{got}{'+' if extra else ''} bytes")
 
 
+_COPY_SLICE = 1 << 24
+
+
 def fill_chunks(b: Blob, info: FileInfo, chunks: list[tuple[int, int, int]], dest: np.ndarray,
                 compressed: bool) -> None:
     """Copy (decompressing) ``chunks`` into ``dest`` (uint8, at least the sum of their uncompressed sizes).
@@ -433,10 +437,26 @@ def fill_chunks(b: Blob, info: FileInfo, chunks: list[tuple[int, int, int]], des
     pos = 0
     for off, csize, usize in chunks:
         if not compressed:
-            dest[pos:pos + usize] = np.frombuffer(b.data, np.uint8, count=usize, offset=off)
+            # in slices, each dropped from the map once copied: the map never holds more than one slice
+            for at in range(0, usize, _COPY_SLICE):
+                n = min(_COPY_SLICE, usize - at)
+                dest[pos + at:pos + at + n] = np.frombuffer(b.data, np.uint8, count=n, offset=off + at)
+                _unmap(b.data, off + at, n)
         elif info.compression == "zstd":
             _zstd_into(b.take(off, csize, "a compressed chunk"), dest[pos:pos + usize], b.path, off - 8)
         else:
             out = decompress(info.compression, b.take(off, csize, "a compressed chunk"), usize, b.path, off - 8)
             dest[pos:pos + usize] = np.frombuffer(out, np.uint8)
+        if compressed:
+            _unmap(b.data, off, csize)
         pos += usize
+
+
+def _unmap(data, off: int, n: int) -> None:
+    """Drop the file's pages just copied out of the memory map from this process (they stay in the page cache):
+    otherwise the file's CPU data counts in the reader's resident memory beside its decoded copy."""
+    if isinstance(data, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        lo = off // mmap.PAGESIZE * mmap.PAGESIZE
+        hi = min(len(data), off + n)
+        if hi > lo:
+            data.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
