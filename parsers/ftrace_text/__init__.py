@@ -31,7 +31,7 @@ from ...formats import EventFormat, builtin_formats, load_format_dir
 from ...model import LOST_SCHEMA, Trace
 from ...printfmt import info_parser
 from . import _fast, _funcgraph, _lines, _plugins
-from ._invert import HEX_BYTES, raw_parser, words_from_hex
+from ._invert import HEX_BYTES, raw_parser, words_from_array
 from ._source import MAX_BYTES, check_text, lines_frame, read_bytes
 
 __all__ = ["sniff", "read"]
@@ -143,7 +143,7 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
         raw = pl.DataFrame({"info": info}).select(*[e.alias(n) for n, e in raw_fields(pl.col("info")).items()])
         for c in [c for c in raw.columns if c.startswith(HEX_BYTES)]:
             n = c[len(HEX_BYTES):]
-            raw = raw.with_columns(words_from_hex(raw[c], fmt.field(n).element_size(long_size), schema[n]).alias(n)) \
+            raw = raw.with_columns(words_from_array(raw[c], fmt.field(n).element_size(long_size), schema[n]).alias(n)) \
                 .drop(c)
     nulls = pl.DataFrame(schema=schema).clear(len(info))
     if name in STACK_EVENTS and raw is None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from ...formats import EventFormat
 
@@ -20,6 +21,9 @@ _CAST = r"(?:\(\s*(?:const\s+|unsigned\s+|signed\s+|struct\s+)*[A-Za-z_]\w*(?:\s
 _DIRECT = re.compile(rf"^{_CAST}\(?\s*{_CAST}REC\s*->\s*(\w+)\s*\)?$")
 _ENTRY = re.compile(r'\{\s*([^{}]+?)\s*,\s*((?:"(?:[^"\\]|\\.)*"\s*)+)\}')
 _SAFE_EXPR = re.compile(r"^[0-9a-fA-FxX\s+\-|&<>()~]+$")
+_HEX = np.full(256, 255, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+_HEX[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "r": "\r", "0": "\0"}
 
 
@@ -151,23 +155,53 @@ def field_conversions(fmt: EventFormat) -> dict[str, str]:
     return out
 
 
-HEX_BYTES = "\x00hex:"   # prefix of a raw column that still holds an array's bytes as hex text
+HEX_BYTES = "\x00hex:"   # prefix of a raw column that still holds an array's bytes as printed (``28, e7, …``)
 
 
-def words_from_hex(hexes: pl.Series, size: int, dtype: pl.DataType, little_endian: bool = True) -> pl.Series:
-    """Hex text of an array's bytes per row (``d28b3681ffffffff…``) → a List column of ``size``-byte words, in one
-    numpy pass over all rows (null rows stay null; a trailing partial word is dropped)."""
-    binary = hexes.str.decode("hex", strict=False)
-    nbytes = binary.bin.size().fill_null(0).to_numpy().astype(np.int64)
+def words_from_array(texts: pl.Series, size: int, dtype: pl.DataType, little_endian: bool = True) -> pl.Series:
+    """The bytes trace-cmd -R prints inside ``ARRAY[…]`` (``28, e7, 39, …``, two hex digits each) → a List column of
+    ``size``-byte words, decoded in numpy from the column's Arrow buffer (rows grouped by text length, one matrix per
+    length). Null rows stay null; a row not in that form gives an empty list; a trailing partial word is dropped."""
+    n = len(texts)
+    arr = texts.cast(pl.String).alias("t").to_arrow(compat_level=pl.CompatLevel.oldest())
+    if arr.type != pa.large_string():
+        arr = arr.cast(pa.large_string())
+    bufs = arr.buffers()
+    off = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset: arr.offset + n + 1]
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and off[-1] > off[0] else None
+    valid = texts.is_not_null().to_numpy()
+    nchar = np.diff(off)
+    nbytes = np.where(valid & (nchar % 4 == 2), (nchar + 2) // 4, 0)
     counts = nbytes // size
-    flat = b"".join(b[: c * size] for b, c in zip(binary.fill_null(b"").to_list(), counts.tolist(), strict=True))
-    words = np.frombuffer(flat, dtype=np.dtype(f"{'<' if little_endian else '>'}u{size}"))
-    rows = np.repeat(np.arange(len(hexes), dtype=np.int64), counts)
-    grouped = (pl.DataFrame({"row": rows, "w": words}).group_by("row", maintain_order=True).agg("w"))
-    out = pl.DataFrame({"row": np.arange(len(hexes), dtype=np.int64)}).join(grouped, on="row", how="left")
-    lists = out["w"]
-    lists = pl.select(pl.when(hexes.is_not_null()).then(lists.fill_null(pl.lit([], dtype=lists.dtype)))).to_series()
-    return lists.cast(dtype, strict=False).alias(hexes.name)
+    words = np.zeros((0,), dtype=np.uint8)
+    pieces, rows_of = [], []
+    if data is not None:
+        for length in np.unique(nchar[counts > 0]):
+            rows = np.flatnonzero((nchar == length) & (counts > 0))
+            m = np.lib.stride_tricks.sliding_window_view(data, int(length))[off[rows]]
+            hi, lo = _HEX[m[:, 0::4]], _HEX[m[:, 1::4]]
+            ok = ~((hi == 255) | (lo == 255)).any(axis=1)
+            ok &= ((m[:, 2::4] == 44) & (m[:, 3::4] == 32)).all(axis=1)
+            k = int(counts[rows[0]]) * size
+            by = ((hi[:, :k] << 4) | lo[:, :k]).astype(np.uint8)
+            counts[rows[~ok]] = 0
+            pieces.append(by[ok])
+            rows_of.append(rows[ok])
+    if len(pieces) == 1:
+        words = pieces[0].reshape(-1)                  # one text length (trace-cmd -R prints 8 words): in order
+    elif pieces:
+        order = np.argsort(np.concatenate(rows_of), kind="stable")
+        if len({p.shape[1] for p in pieces}) == 1:
+            words = np.concatenate(pieces)[order].reshape(-1)
+        else:
+            each = [r for p in pieces for r in p]
+            words = np.concatenate([each[i] for i in order])
+    words = words.view(np.dtype(f"{'<' if little_endian else '>'}u{size}"))
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    lists = pl.from_arrow(pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(words)))
+    lists = pl.select(pl.when(pl.Series(valid)).then(lists)).to_series()
+    return lists.cast(dtype, strict=False).alias(texts.name)
 
 
 def raw_parser(fmt: EventFormat, long_size: int = 8) -> tuple[str, Callable[[pl.Expr], dict[str, pl.Expr]]]:
@@ -208,10 +242,9 @@ def raw_parser(fmt: EventFormat, long_size: int = 8) -> tuple[str, Callable[[pl.
                 out[n] = v.str.strip_prefix("ARRAY[").str.strip_suffix("]").str.split(", ").list.eval(
                     pl.element().str.to_integer(base=16, dtype=pl.UInt8, strict=False))
             elif isinstance(dt, pl.List) and dt.inner.is_integer():
-                # the record's bytes in memory order; words are rebuilt eagerly by words_from_hex()
+                # the record's bytes in memory order; words are rebuilt eagerly by words_from_array()
                 arr = v.str.starts_with("ARRAY[")
-                out[f"{HEX_BYTES}{n}"] = pl.when(arr).then(v.str.slice(6, v.str.len_bytes() - 7)
-                                                           .str.replace_all(", ", "", literal=True))
+                out[f"{HEX_BYTES}{n}"] = pl.when(arr).then(v.str.slice(6, v.str.len_bytes() - 7))
         return out
 
     return rx, fields
