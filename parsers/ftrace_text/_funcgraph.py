@@ -39,12 +39,11 @@ __all__ = ["EVENTS", "sniff", "split", "merge"]
 EVENTS = ("funcgraph_entry", "funcgraph_exit")
 
 #: duration column and call, after the head of the line (the same in both layouts)
-_CALL = (r"(?P<mark>[+!#*@$])?\s*(?:(?P<dur>\d+(?:\.\d+)?)\s+us\s*)?\|(?P<indent> *)(?P<body>\S.*?)\s*$")
-_PLUGIN = r"^\s*" + _CALL
+_CALL = r"(?:[+!#*@$] )?\s*(?:(?P<dur>\d+(?:\.\d+)?)\s+us\s*)?\|(?P<call> .*)$"
 _TRACEFS = (r"^\s*(?:(?P<abs>\d+\.\d+)\s+\|\s+)?(?:(?P<rel>\d+)\s+us\s+\|\s+)?(?:(?P<cpu>\d+)\)\s+)?"
-            r"(?:(?P<proc>[^|]*?-\d+)\s*\|\s+)?(?:(?P<lat>[.a-zA-Z0-9]{4,5})\s+\|\s+)?" + _CALL)
-_BODY = (r"^(?:(?P<close>\})(?:\s*/\*\s*(?P<tail>[^\s*]+)[^*]*\*/)?"
-         r"|(?P<name>[^\s(){}/]+)\(.*\)(?P<end>;|\s*\{))(?:.*\s\((?P<d>\d+)\))?")
+            r"(?:(?P<proc>[^|]*?-\d+)\s*\|\s+)?(?:[.a-zA-Z0-9]{4,5}\s+\|\s+)?" + _CALL)
+#: the plugin form's duration column (before the first ``|``): blank, or ``[mark] N.NNN us``
+_PLUGIN_HEAD = r"^\s*(?:[+!#*@$] )?\s*(?:\d+(?:\.\d+)?\s+us)?\s*$"
 _SWITCH = r"^\s*(?P<cpu>\d+)\)\s+(?P<prev>\S.*?-\d+)\s+=>\s+(?P<next>\S.*?-\d+)\s*$"
 _NO_CALL = r"^\s*-{10,}\s*$|^\s*\(Overruns: \d+\)\s*$|(?:==========>|<==========)\s*\|?\s*$"
 _PROC = r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s*$"
@@ -68,20 +67,39 @@ def _ns(secs: pl.Expr) -> pl.Expr:
         whole * 1_000_000_000 + frac.str.pad_end(9, "0").str.slice(0, 9).cast(pl.Int64, strict=False))
 
 
-def _call_columns(m: pl.Expr) -> list[pl.Expr]:
-    """Duration (ns), depth, kind and name from the extracted ``_CALL`` groups in struct ``m``."""
-    dur = m.struct.field("dur").str.split_exact(".", 1)
-    dur_ns = (dur.struct.field("field_0").cast(pl.Int64, strict=False) * 1000
-              + dur.struct.field("field_1").fill_null("").str.pad_end(3, "0").str.slice(0, 3)
+def _calls(df: pl.DataFrame) -> pl.DataFrame:
+    """``dur`` (``N.NNN`` µs text) and ``call`` (the text after the duration column's ``|``) → ``dur_ns``, ``depth``,
+    ``kind`` (``open`` ``func() {``, ``leaf`` ``func();``, ``close`` ``}``; null for anything else, e.g. a
+    comment) and ``name`` (the function; for ``}`` the ``/* func */`` tail when printed). Literal string
+    operations only, each column computed once."""
+    call = pl.col("call")
+    df = df.with_columns(call.str.strip_chars_start(" ").str.strip_chars_end().alias("_b"),
+                         pl.col("dur").str.split_exact(".", 1).alias("_d"))
+    indent = call.str.len_chars().cast(pl.Int64) - pl.col("call").str.strip_chars_start(" ").str.len_chars()
+    depth = (indent - 2) // 2
+    body = pl.col("_b")
+    if df.select(body.str.ends_with(")").any()).item():
+        # trace-cmd -O fgraph:depth: " (N)" after the call
+        suffix = r" \((\d+)\)$"
+        depth = pl.coalesce(body.str.extract(suffix, 1).cast(pl.Int64, strict=False), depth)
+        df = df.with_columns(pl.when(body.str.ends_with(")")).then(body.str.replace(suffix, "")).otherwise(body)
+                             .alias("_b"))
+    close = body.str.starts_with("}")
+    # a call's own trailing comment (funcgraph-retval / -retaddr: "func(); /* ret=0x0 */") is not its end
+    core = pl.when(~close & body.str.ends_with("*/")).then(
+        body.str.splitn(" /*", 2).struct.field("field_0").str.strip_chars_end()).otherwise(body)
+    df = df.with_columns(core.alias("_b"), close.alias("_close"))
+    tail = (body.str.strip_prefix("}").str.strip_chars_start().str.strip_prefix("/*").str.strip_chars_start()
+            .str.splitn(" ", 2).struct.field("field_0").str.strip_suffix("*/"))
+    kind = (pl.when(pl.col("_close")).then(pl.lit("close")).when(body.str.ends_with("{")).then(pl.lit("open"))
+            .when(body.str.ends_with(";")).then(pl.lit("leaf")))
+    name = pl.when(pl.col("_close")).then(pl.when(tail != "").then(tail)) \
+        .otherwise(body.str.splitn("(", 2).struct.field("field_0").str.strip_chars())
+    dur_ns = (pl.col("_d").struct.field("field_0").cast(pl.Int64, strict=False) * 1000
+              + pl.col("_d").struct.field("field_1").fill_null("").str.pad_end(3, "0").str.slice(0, 3)
               .cast(pl.Int64, strict=False))
-    body = m.struct.field("body").str.extract_groups(_BODY)
-    indent = (m.struct.field("indent").str.len_chars().cast(pl.Int64) - 2) // 2
-    kind = (pl.when(body.struct.field("close").is_not_null()).then(pl.lit("close"))
-            .when(body.struct.field("end") == ";").then(pl.lit("leaf"))
-            .when(body.struct.field("end").is_not_null()).then(pl.lit("open")))
-    depth = pl.coalesce(body.struct.field("d").cast(pl.Int64, strict=False), indent.clip(0))
-    name = pl.coalesce(body.struct.field("name"), body.struct.field("tail"))
-    return [dur_ns.alias("dur_ns"), depth.alias("depth"), kind.alias("kind"), name.alias("name")]
+    return df.with_columns(dur_ns.alias("dur_ns"), depth.clip(0).alias("depth"), kind.alias("kind"),
+                           name.alias("name")).drop("dur", "call", "_b", "_d", "_close")
 
 
 def _named_rows(ev: pl.DataFrame) -> pl.DataFrame:
@@ -98,18 +116,29 @@ def _named_rows(ev: pl.DataFrame) -> pl.DataFrame:
 
 def _plugin_rows(ev: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """trace-cmd report rows of the funcgraph events in the plugin form → (graph rows, the other events)."""
-    cand = pl.col("event").is_in(list(EVENTS)) & pl.col("info").str.contains(_PLUGIN)
-    ev = ev.with_columns(cand.alias("_fg"))
+    parts = pl.col("info").str.splitn("|", 2)
+    ev = ev.with_columns(parts.struct.field("field_0").alias("_h"), parts.struct.field("field_1").alias("call"))
+    cand = (pl.col("event").is_in(list(EVENTS)) & pl.col("call").str.starts_with(" ")
+            & pl.col("_h").str.contains(_PLUGIN_HEAD))
+    ev = ev.with_columns(cand.fill_null(False).alias("_fg"))
     rows = ev.filter(pl.col("_fg"))
-    rest = ev.filter(~pl.col("_fg")).drop("_fg")
+    rest = ev.filter(~pl.col("_fg")).drop("_fg", "_h", "call")
     named = _named_rows(rest)
     if rows.height == 0:
         return named, rest
-    m = pl.col("info").str.extract_groups(_PLUGIN)
     comm = pl.col("comm").str.strip_chars()
-    rows = rows.select(pl.col("line_no"), _ns(pl.col("ts")).alias("ts"), pl.col("cpu").cast(pl.Int32, strict=False),
-                       pl.col("pid").cast(pl.Int32, strict=False),
-                       pl.when(comm == "<...>").then(None).otherwise(comm).alias("comm"), *_call_columns(m))
+    dur = pl.col("_h").str.strip_chars(" +!#*@$").str.strip_suffix("us").str.strip_chars()
+    rows = _calls(rows.select(pl.col("line_no"), _ns(pl.col("ts")).alias("ts"),
+                              pl.col("cpu").cast(pl.Int32, strict=False), pl.col("pid").cast(pl.Int32, strict=False),
+                              pl.when(comm == "<...>").then(None).otherwise(comm).alias("comm"),
+                              pl.when(dur != "").then(dur).alias("dur"), "call", "info"))
+    # a line of these events in no call form stays an event line (its print fmt is tried, else counted as damage)
+    bad = rows.filter(pl.col("kind").is_null())
+    if bad.height:
+        rest = pl.concat([rest, ev.join(bad.select("line_no"), on="line_no", how="semi")
+                          .drop("_fg", "_h", "call")]).sort("line_no")
+        rows = rows.filter(pl.col("kind").is_not_null())
+    rows = rows.drop("info")
     return (pl.concat([rows, named], how="diagonal_relaxed") if named.height else rows), rest
 
 
@@ -118,17 +147,19 @@ def _tracefs_rows(others: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     line = pl.col("line")
     unparsed = pl.col("kind") == "unparsed"
     others = others.with_columns((unparsed & line.str.contains(_SWITCH)).alias("_sw"),
-                                 (unparsed & line.str.contains(_TRACEFS)
-                                  & ~line.str.contains(r"\|\s*/\*")).alias("_fg"))
+                                 (unparsed & line.str.contains(_TRACEFS)).alias("_fg"))
     if not others.select(pl.col("_fg").any()).item():
         return pl.DataFrame(), others.drop("_sw", "_fg")
-    m = line.str.extract_groups(_TRACEFS)
-    proc = m.struct.field("proc").str.extract_groups(_PROC)
-    ts = pl.coalesce(_ns(m.struct.field("abs")), m.struct.field("rel").cast(pl.Int64, strict=False) * 1000)
-    rows = others.filter(pl.col("_fg")).select(
-        "line_no", ts.alias("ts"), m.struct.field("cpu").cast(pl.Int32, strict=False).alias("cpu"),
-        proc.struct.field("pid").cast(pl.Int32, strict=False).alias("pid"),
-        proc.struct.field("comm").str.strip_chars().alias("comm"), *_call_columns(m))
+    m = others.filter(pl.col("_fg")).select("line_no", line.str.extract_groups(_TRACEFS).alias("_m")).unnest("_m")
+    proc = pl.col("proc").str.extract_groups(_PROC)
+    ts = pl.coalesce(_ns(pl.col("abs")), pl.col("rel").cast(pl.Int64, strict=False) * 1000)
+    rows = _calls(m.select("line_no", ts.alias("ts"), pl.col("cpu").cast(pl.Int32, strict=False),
+                           proc.struct.field("pid").cast(pl.Int32, strict=False).alias("pid"),
+                           proc.struct.field("comm").str.strip_chars().alias("comm"), "dur", "call"))
+    # comments (other events, trace_printk) and other non-call text after the duration column stay unparsed
+    calls = rows.filter(pl.col("kind").is_not_null())
+    others = others.with_columns(pl.col("_fg") & pl.col("line_no").is_in(calls["line_no"].implode()))
+    rows = calls
     sw = line.str.extract_groups(_SWITCH)
     prev, nxt = (sw.struct.field(k).str.extract_groups(_PROC) for k in ("prev", "next"))
     switches = others.filter(pl.col("_sw")).select(
