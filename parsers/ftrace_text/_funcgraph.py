@@ -25,10 +25,16 @@ takes the name of the open ``{`` of the same depth of the same task (same CPU wh
 each ``{`` closes once. Without a time column (tracefs without ``funcgraph-abstime``/``-reltime``) the times stay
 null. A tracefs task is its ``funcgraph-proc`` column, else the last context switch to it on that CPU.
 
-Everything is column-wise (regex extraction, cumulative fills per CPU, one as-of join of closes to opens).
+Rows of these events in ``trace-cmd report -R`` (``func=NAME depth=…``) or ``-N`` (their print fmt, ``<-- NAME
+(depth) (start: …``) are read by the print-fmt inversion; only their name is taken here, into ``func_sym``.
+
+Everything is column-wise: literal string operations (split at the ``|``, prefix/suffix tests), one regex
+extraction per tracefs line, forward/backward fills per CPU, one as-of join of closes to opens.
 """
 
 from __future__ import annotations
+
+import re
 
 import polars as pl
 
@@ -48,14 +54,12 @@ _SWITCH = r"^\s*(?P<cpu>\d+)\)\s+(?P<prev>\S.*?-\d+)\s+=>\s+(?P<next>\S.*?-\d+)\
 _NO_CALL = r"^\s*-{10,}\s*$|^\s*\(Overruns: \d+\)\s*$|(?:==========>|<==========)\s*\|?\s*$"
 _PROC = r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s*$"
 
-_SNIFF = r"(?m)^\s*(?:\d+\.\d+\s+\|\s+)?\d+\)\s+.*\|\s+[A-Za-z_.$][\w.$]*\(.*\)\s*(?:;|\{)\s*$"
+_SNIFF = re.compile(r"(?m)^\s*(?:\d+\.\d+\s+\|\s+)?\d+\)\s+.*\|\s+[A-Za-z_.$][\w.$]*\(.*\)\s*(?:;|\{)\s*$")
 
 
 def sniff(text: str) -> bool:
     """True when ``text`` holds tracefs function_graph lines (``trace_pipe`` of that tracer has no header)."""
-    import re
-
-    return re.search(_SNIFF, text) is not None
+    return _SNIFF.search(text) is not None
 
 
 def _ns(secs: pl.Expr) -> pl.Expr:
