@@ -43,6 +43,8 @@ _SNIFF_HEADER = re.compile(r"^(?:[ \t]*>)*[ \t]*(?:# tracer: \S+|cpus=\d+\s*$)",
 
 STACK_EVENTS = ("kernel_stack", "user_stack")
 _RESERVED = ("ts", "cpu", "buffer")
+#: print-fmt inversions and -R parsers by (event, print fmt, long size, schema), built once per process
+_PARSERS: dict = {}
 
 #: flag characters of the irq-flags column (kernel/trace/trace_output.c, trace_print_lat_fmt) → common_flags bits
 _IRQ_CHAR = {"d": 0x01, "D": 0x81, "b": 0x80, "X": 0x02, ".": 0}
@@ -126,14 +128,15 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
         return out.with_columns(rows["info"].alias("info")), 0
     schema = fmt.schema(long_size)
     info = rows["info"].fill_null("")
-    key = fmt.full_name
-    if key not in parse_cache:
+    key = (fmt.full_name, fmt.print_fmt, long_size, repr(schema))
+    if key not in _PARSERS:
         try:
-            parse_cache[key] = info_parser(fmt, long_size)
+            _PARSERS[key] = info_parser(fmt, long_size)
         except TracekitError:
             # a print fmt the grammar cannot read: the fields stay null and the rows are counted as damage below
-            parse_cache[key] = lambda s, sch=fmt.schema(long_size): pl.DataFrame(schema=sch).clear(len(s))
-    raw_rx, raw_fields = parse_cache.setdefault(("raw", key), raw_parser(fmt, long_size))
+            _PARSERS[key] = lambda s, sch=schema: pl.DataFrame(schema=sch).clear(len(s))
+        _PARSERS[("raw", key)] = raw_parser(fmt, long_size)
+    raw_rx, raw_fields = _PARSERS[("raw", key)]
     first = f"{next(iter(schema))}=" if schema else None
     # the -R form starts with the first field's name: the regex runs only when some line does
     raw_m = info.str.contains(raw_rx) if first and info.str.starts_with(first).any() \
@@ -151,7 +154,7 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
     elif raw is not None and raw_m.all() and not any(raw[c].null_count() for c in raw.columns):
         fields = nulls   # every line in -R form, every value read: no print fmt to invert
     else:
-        fields = _by_unique(info, parse_cache[key])
+        fields = _by_unique(info, _PARSERS[key])
     failed = 0
     if raw is not None:
         fields = fields.with_columns([pl.when(raw_m).then(pl.coalesce(raw[n], fields[n])).otherwise(fields[n])
@@ -315,6 +318,7 @@ def read(path: str | os.PathLike, *, formats=None, progress: Callable[[int, int]
     step(1)
     text = _fast.split(data)
     if text is None:
+        data = bytes(data)
         lines = _lines.strip_quotes(lines_frame(data))
         n_lines = lines.height
         del data

@@ -13,6 +13,7 @@ text with mail quotes or invalid UTF-8, :func:`split` returns None and the reade
 
 from __future__ import annotations
 
+import codecs
 import re
 
 import numpy as np
@@ -89,22 +90,22 @@ def split(data: bytes) -> Text | None:
     t.high = np.flatnonzero(t.b >= 128)
     if len(t.high):
         try:
-            data.decode("utf-8")
+            codecs.decode(memoryview(data), "utf-8")
         except UnicodeDecodeError:
             return None        # the Polars path replaces invalid bytes
     return t
 
 
 def first_bytes(t: Text) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The first three bytes of every line (0 past its end), computed once."""
+    """The first three bytes of every line (its line end or 0 past its end), computed once."""
     if t.first is None:
-        s, n, b = t.starts, t.ends - t.starts, t.b
-        out = []
-        for i in range(3):
-            v = b[np.minimum(s + i, len(b) - 1)]
-            v[n <= i] = 0
-            out.append(v)
-        t.first = tuple(out)
+        s, b = t.starts, t.b
+        pad = np.concatenate([b[-3:], np.zeros(3, dtype=np.uint8)]) if len(b) < 3 else b
+        # one 3-byte gather per line: past a short line's end is its own "\n" / "\r", never a byte that matters
+        w = np.lib.stride_tricks.sliding_window_view(pad, 3)[np.minimum(s, len(pad) - 3)]
+        for r in np.flatnonzero(s > len(pad) - 3):
+            w[r] = np.frombuffer(bytes(b[s[r]:t.ends[r]][:3]).ljust(3, b"\0"), dtype=np.uint8)
+        t.first = (w[:, 0], w[:, 1], w[:, 2])
     return t.first
 
 
