@@ -286,19 +286,24 @@ class _Reader:
 
     def _to_frame(self, frame: dict, ok: np.ndarray, extra: dict, stream) -> pl.DataFrame:
         cc = frame.pop("_cc", None)
+        whole = bool(ok.all())  # the usual case: nothing damaged, nothing to filter or copy
         cols = {}
         for k, v in frame.items():
-            if isinstance(v, pl.Series):
+            if whole:
+                cols[k] = v
+            elif isinstance(v, pl.Series):
                 cols[k] = v.filter(pl.Series(ok))
             else:
                 cols[k] = np.asarray(v)[ok]
         df = pl.DataFrame(cols)
         if cc is not None:
             ips, offs = cc
-            counts = np.diff(offs)[ok]
-            ips = ips[np.repeat(ok, np.diff(offs))]
-            offs = np.zeros(len(counts) + 1, dtype=np.int64)
-            np.cumsum(counts, out=offs[1:])
+            counts = np.diff(offs)
+            if not whole:
+                ips = ips[np.repeat(ok, counts)]
+                counts = counts[ok]
+                offs = np.zeros(len(counts) + 1, dtype=np.int64)
+                np.cumsum(counts, out=offs[1:])
             df = df.with_columns(pl.Series("_cc_n", counts))
             self._cc_parts.append((ips, offs))
             df = df.with_columns(pl.lit(len(self._cc_parts) - 1, dtype=pl.Int32).alias("_cc_part"))

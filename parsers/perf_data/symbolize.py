@@ -245,6 +245,7 @@ class Symbolizer:
         self.maps = self._maps(tables)
         self._elf: dict[str, _Elf] = {}
         self._ktable: tuple[np.ndarray, np.ndarray] | None = None
+        self._classes: tuple[np.ndarray, np.ndarray] | None = None
         self.comm = tables.get("comm")
         self.invalid_callchains = 0
         self.fork = tables.get("fork")
@@ -258,6 +259,25 @@ class Symbolizer:
             return None
         m = pl.concat(parts).filter(pl.col("pid") >= 0)
         return m.sort(["pid", "addr", "seq"])
+
+    def _pid_classes(self, pid: np.ndarray) -> np.ndarray:
+        """Each pid replaced by the smallest pid whose maps are the same rows (its user addresses name the same), or
+        by -2 when it has none: stacks and addresses are then named once per class of processes, not per process
+        (the workers forked by one program share its maps)."""
+        if self._classes is None:
+            self._classes = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+            if self.maps is not None and self.maps.height:
+                rows = self.maps.group_by("pid", maintain_order=True).agg("addr", "len", "pgoff", "filename")
+                cls = (rows.group_by("addr", "len", "pgoff", "filename")
+                       .agg(pl.col("pid"), pl.col("pid").min().alias("rep")).select("pid", "rep")
+                       .explode("pid").sort("pid"))
+                self._classes = cls["pid"].to_numpy().astype(np.int64), cls["rep"].to_numpy().astype(np.int64)
+        pids, reps = self._classes
+        pid = np.asarray(pid, dtype=np.int64)
+        if not len(pids):
+            return np.full(len(pid), -2, dtype=np.int64)
+        j = np.minimum(np.searchsorted(pids, pid), len(pids) - 1)
+        return np.where(pids[j] == pid, reps[j], -2)
 
     def _kernel_table(self) -> tuple[np.ndarray, np.ndarray]:
         """(sym, dso) of every kallsyms symbol, then of ``[unknown]`` (the code of addresses below the first)."""
@@ -345,7 +365,9 @@ class Symbolizer:
         ukey = (prank.astype(np.uint64) << _USER_BITS) | (uip & _USER_MASK)
         big = uip >= _USER_LIMIT  # not a user address: keep it apart (resolves to [unknown])
         ukey[big] = uip[big]
-        uu = np.unique(ukey)  # values only (numpy's hash path), then one search per address for its code
+        uu = np.sort(ukey)  # distinct keys from a plain sort (numpy's SIMD sort; argsort has none), codes by search
+        if len(uu):
+            uu = uu[np.append(True, uu[1:] != uu[:-1])]
         uinv = np.searchsorted(uu, ukey)
         small = uu < (np.uint64(len(upid)) << _USER_BITS)
         qpid = np.where(small, upid[np.minimum((uu >> _USER_BITS).astype(np.int64), max(len(upid) - 1, 0))]
@@ -374,7 +396,7 @@ class Symbolizer:
             order = np.argsort(df["ts"].to_numpy(), kind="stable")
         else:
             order = np.arange(n, dtype=np.int64)
-        pid0 = df["pid"].to_numpy() if "pid" in df.columns else np.full(n, -1, dtype=np.int32)
+        pid0 = self._pid_classes(df["pid"].to_numpy() if "pid" in df.columns else np.full(n, -1, dtype=np.int32))
         pid, ip, misc = pid0[order], df["ip"].to_numpy()[order], df["misc"].to_numpy()[order]
         kern = ((misc & 7) == 1) | (((misc & 7) == 0) & (ip >= KERNEL_START))
         chains = None
