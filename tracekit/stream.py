@@ -15,9 +15,11 @@ row groups. Rows of different events are in different files; no order across fil
 
 Memory: with ``stream=True`` a trace.dat is read in batches of pages (``parsers/tracedat/stream.py``); each batch's
 rows of each event become a sorted run file (``DIR/_runs``, removed at the end), then per event, time windows of
-about PART_ROWS rows read only the runs overlapping them, sort and write ``<system>/<event>/part-NNNNN.parquet``
-(parts in ts order). Peak RSS then stops growing with the input once the windows reach their cap
-(``benchmarks/bench_stream_rss.py``). Without it (and for every other input) the ordinary in-memory reader runs and
+about PART_ROWS rows (cut from a sample of ``ts``) read only the run row groups overlapping them, sort and write
+``<system>/<event>/part-NNNNN.parquet`` (parts in ts order). What is held: one batch of pages (the file's pages are
+dropped from the map once copied out), one window, and per run/SAMPLE rows a few bytes of bookkeeping. Peak RSS is
+flat once the input fills that working set: 0.8M → 12.8M events of a real trace, 176 → 181 MiB
+(``benchmarks/bench_stream_rss.py --cut-from``); a smaller input (tens of thousands of events) uses less. Without it (and for every other input) the ordinary in-memory reader runs and
 ONE event frame at a time is built, written and dropped: peak RSS grows with the input.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +91,23 @@ def _write(df: pl.DataFrame, path: Path) -> None:
 
 
 PART_ROWS = ROW_GROUP
-"""Rows aimed at per part file of a streamed event (time windows are cut for this many rows at an even rate)."""
+"""Rows aimed at per part file of a streamed event (time windows cut from a sample of the ``ts`` column)."""
+RUN_GROUP = 8_192
+"""Rows per row group of a sorted run: a window's ``ts`` filter skips the run's row groups outside it."""
+SAMPLE = 256
+"""Every SAMPLE-th ``ts`` of each run (from its first) is kept, 8 bytes per SAMPLE events, to cut the windows by row
+count: each kept ``ts`` stands for at most SAMPLE rows."""
+SCAN_FILES = 8
+"""Run files read by one scan while merging a window."""
+
+
+def _edges(samples: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Window edges of one event: about PART_ROWS rows apart (each kept ``ts`` stands for SAMPLE rows), so a burst
+    of events is cut as finely as a quiet stretch; [lo, hi + 1) covered."""
+    ts = np.sort(samples)
+    step = max(1, PART_ROWS // SAMPLE)
+    inner = ts[step::step]
+    return np.unique(np.concatenate([[lo], inner, [hi + 1]]).astype(np.int64))
 
 
 def _convert_stream(path: Path, out: Path, batch_pages: int | None, **options) -> tuple[Trace, dict, dict, list,
@@ -99,37 +118,43 @@ def _convert_stream(path: Path, out: Path, batch_pages: int | None, **options) -
 
     header, batches = open_stream(path, batch_pages=batch_pages or BATCH_PAGES, **options)
     runs_root = out / "_runs"
-    runs: dict[str, list[tuple[Path, int, int]]] = {}  # per event: (run file, first ts, last ts)
+    # per event, 16 bytes per run (its first and last ts; run i is runs_root/<event>/<i>.parquet) and 8 bytes per
+    # SAMPLE rows: the bookkeeping that grows with the input stays a few hundred KB for 10M events
+    runs: dict[str, tuple[array, array]] = {}
+    samples: dict[str, array] = {}
     counts: dict[str, int] = {}
-    span: dict[str, list[int]] = {}
     for key, df in batches:
-        name = event_file_name(key)[: -len(".parquet")]
-        d = runs_root / name
-        d.mkdir(parents=True, exist_ok=True)
-        p = d / f"{len(runs.setdefault(key, [])):06d}.parquet"
-        df.write_parquet(p, compression="lz4", statistics=True)
+        d = runs_root / event_file_name(key)[: -len(".parquet")]
         counts[key] = counts.get(key, 0) + df.height
         if df.height:
-            a, b = int(df[TS][0]), int(df[TS][-1])
-            runs[key].append((p, a, b))
-            lo_hi = span.setdefault(key, [a, b])
-            lo_hi[0], lo_hi[1] = min(lo_hi[0], a), max(lo_hi[1], b)
+            first, last = runs.setdefault(key, (array("q"), array("q")))
+            d.mkdir(parents=True, exist_ok=True)
+            df.write_parquet(d / f"{len(first):06d}.parquet", compression="lz4", statistics=True,
+                             row_group_size=RUN_GROUP)
+            first.append(int(df[TS][0]))
+            last.append(int(df[TS][-1]))
+            samples.setdefault(key, array("q")).extend(df[TS].to_numpy()[::SAMPLE].astype(np.int64))
         del df
     files: dict[str, str] = {}
-    for key, paths in runs.items():
+    span = {key: (min(first), max(last)) for key, (first, last) in runs.items()}
+    for key, (first, last) in runs.items():
         name = event_file_name(key)[: -len(".parquet")]
         dest = out / name
         dest.mkdir(parents=True, exist_ok=True)
-        lo, hi = span.get(key, [0, 0])
-        parts = max(1, -(-counts[key] // PART_ROWS))
-        edges = np.unique(np.linspace(lo, hi + 1, parts + 1).astype(np.int64))
+        lo, hi = span[key]
+        edges = _edges(np.frombuffer(samples.pop(key, array("q")), np.int64), lo, hi)
+        ra, rb = np.frombuffer(first, np.int64), np.frombuffer(last, np.int64)
         k = 0
         for a, b in zip(edges[:-1], edges[1:], strict=True):
-            near = [p for p, ra, rb in paths if ra < b and rb >= a]  # only the runs overlapping the window
+            # only the runs overlapping the window
+            near = [runs_root / name / f"{i:06d}.parquet" for i in np.flatnonzero((ra < b) & (rb >= a))]
             if not near:
                 continue
-            win = (pl.scan_parquet(near).filter((pl.col(TS) >= int(a)) & (pl.col(TS) < int(b))).collect()
-                   .sort(TS, maintain_order=True))
+            keep = (pl.col(TS) >= int(a)) & (pl.col(TS) < int(b))
+            # a few runs per scan: a sparse event has a tiny run per batch, all inside one window, and one scan over
+            # hundreds of files holds a reader per file
+            win = pl.concat([pl.scan_parquet(near[i:i + SCAN_FILES]).filter(keep).collect()
+                             for i in range(0, len(near), SCAN_FILES)]).sort(TS, maintain_order=True)
             if win.height:
                 _write(win, dest / f"part-{k:05d}.parquet")
                 k += 1

@@ -90,6 +90,32 @@ def _split(chunks: list[tuple[int, int, int]], compressed: bool, page_size: int,
     return out
 
 
+class _Pread:
+    """The file read by offset (``os.pread``) where the section readers index a buffer: a CPU's chunk headers are
+    read without faulting in (and counting in RSS) every page of the map they lie on."""
+
+    def __init__(self, fd: int, size: int):
+        self.fd, self.size = fd, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, s: slice) -> bytes:
+        return os.pread(self.fd, max(0, min(s.stop, self.size) - s.start), s.start)
+
+
+def _release(mm: mmap.mmap, part: list[tuple[int, int, int]]) -> None:
+    """Drop the file pages of a batch already copied out (``part``) from this process's resident set: a read-only
+    map's pages stay in the page cache and fault back in if read again, but are no longer counted in RSS, which
+    otherwise grows by every byte of the file read."""
+    if not part or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    lo = max(0, min(off for off, _, _ in part) - 8) // mmap.PAGESIZE * mmap.PAGESIZE  # 8: a chunk's header
+    hi = min(len(mm), max(off + size for off, size, _ in part))
+    if hi > lo:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
 def open_stream(source: str | os.PathLike, *, buffer: str | None = None, batch_pages: int = BATCH_PAGES
                 ) -> tuple[StreamHeader, Iterator[tuple[str, pl.DataFrame]]]:
     """Open a trace.dat for batched reading.
@@ -113,13 +139,23 @@ def open_stream(source: str | os.PathLike, *, buffer: str | None = None, batch_p
     pids, comms, tables, buffers = ctx.pids, ctx.comms, ctx.tables, ctx.buffers
     header = StreamHeader(path, md, index.by_name(), kallsyms, tables, buffers)
     blob = Blob(mm, path, info.big_endian)
+    if hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)  # the header sections, parsed
+    fd = os.open(path, os.O_RDONLY)
+    heads = Blob(_Pread(fd, len(mm)), path, info.big_endian)
 
     def batches() -> Iterator[tuple[str, pl.DataFrame]]:
+        try:
+            yield from _batches()
+        finally:
+            os.close(fd)
+
+    def _batches() -> Iterator[tuple[str, pl.DataFrame]]:
         for g, b in enumerate(buffers):
             page_size = b.page_size or info.page_size
             for c in b.cpus:
                 try:
-                    chunks = cpu_chunks(blob, info, b, c)
+                    chunks = cpu_chunks(heads, info, b, c)
                 except ParseError as exc:
                     header.damage.append(exc)
                     continue
@@ -127,9 +163,12 @@ def open_stream(source: str | os.PathLike, *, buffer: str | None = None, batch_p
                 for part in _split(chunks, b.compressed, page_size, batch_pages):
                     ps = build_pageset([(g, c.cpu, part, part[0][0], b.compressed)], page_size, path,
                                        header.damage, lambda ch, dest, z: fill_chunks(blob, info, ch, dest, z))
+                    _release(mm, part)
                     recs = walk(ps, page_size, long_size, info.big_endian, path, threads=1)
                     header.damage.extend(recs.damage)
-                    header.lost_rows.append((ps.cpu, ps.group, recs.lost))
+                    if recs.lost.any():  # pages that lost nothing add nothing: kept per lossy page only
+                        lossy = recs.lost != 0
+                        header.lost_rows.append((ps.cpu[lossy], ps.group[lossy], recs.lost[lossy]))
                     if recs.lost.any():
                         marks = _lost_marks(ps, recs, md, info.big_endian)
                         if carry is not None:
