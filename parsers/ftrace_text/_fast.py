@@ -45,7 +45,7 @@ class Text:
         starts[:1] = 0
         starts[1:] = nl[:-1] + 1
         ends = nl
-        if b"\r" in data:
+        if data.find(b"\r") >= 0:
             while True:
                 cr = (ends > starts) & (b[np.maximum(ends - 1, 0)] == 13)
                 if not cr.any():
@@ -58,23 +58,29 @@ class Text:
     def __len__(self) -> int:
         return len(self.starts)
 
-    def strings(self, begin: np.ndarray, end: np.ndarray, null: np.ndarray | None = None) -> pl.Series:
-        """The text of each byte range (ranges in increasing, non-overlapping order) as a String Series."""
+    def arrow(self, begin: np.ndarray, end: np.ndarray, null: np.ndarray | None = None) -> pa.Array:
+        """The text of each byte range (ranges in increasing, non-overlapping order) as an Arrow large_string array
+        (the bytes between the ranges are cut out by one filter)."""
         n = len(begin)
-        if n == 0:
-            return pl.Series(values=[], dtype=pl.String)
         off = np.empty(2 * n + 1, dtype=np.int64)
         off[0:2 * n:2] = begin
         off[1:2 * n:2] = np.maximum(end, begin)
-        off[2 * n] = off[2 * n - 1]
-        arr = pa.LargeStringArray.from_buffers(2 * n, pa.py_buffer(off), pa.py_buffer(self.data))
+        off[2 * n] = off[2 * n - 1] if n else 0
+        valid = None
+        if null is not None and null.any():
+            bits = np.ones(2 * n, dtype=bool)
+            bits[0::2] = ~null
+            valid = pa.py_buffer(np.packbits(bits, bitorder="little"))
+        arr = pa.LargeStringArray.from_buffers(2 * n, pa.py_buffer(off), pa.py_buffer(self.data), valid)
         keep = np.zeros(2 * n, dtype=bool)
         keep[0::2] = True
-        arr = arr.filter(pa.array(keep))
-        s = pl.Series(values=pl.from_arrow(arr), dtype=pl.String)
-        if null is not None and null.any():
-            s = pl.select(pl.when(pl.Series(null)).then(None).otherwise(s)).to_series()
-        return s
+        return arr.filter(pa.array(keep))
+
+    def strings(self, begin: np.ndarray, end: np.ndarray, null: np.ndarray | None = None) -> pl.Series:
+        """:meth:`arrow` as a Polars String Series."""
+        if len(begin) == 0:
+            return pl.Series(values=[], dtype=pl.String)
+        return pl.Series(values=pl.from_arrow(self.arrow(begin, end, null)), dtype=pl.String)
 
 
 def split(data: bytes) -> Text | None:
@@ -192,6 +198,28 @@ def parse_events(t: Text, rows: np.ndarray) -> tuple[np.ndarray, pl.DataFrame]:
     return mask, frame
 
 
+def _u64(v: int) -> np.uint64:
+    return np.uint64(v)
+
+
+def _hex16(chars: np.ndarray) -> np.ndarray | None:
+    """Rows of 16 hex digits (an (n, 16) uint8 matrix) → their UInt64 values, eight characters per word at a time
+    (SWAR); None when some character is not a hex digit."""
+    x = np.ascontiguousarray(chars).view("<u8")          # (n, 2): first character in the low byte
+    b80 = _u64(0x8080808080808080)
+    digit = ((x + _u64(0x5050505050505050)) & ~(x + _u64(0x4646464646464646))) & b80     # '0'..'9'
+    low = x | _u64(0x2020202020202020)
+    alpha = ((low + _u64(0x1F1F1F1F1F1F1F1F)) & ~(low + _u64(0x1919191919191919))) & b80  # 'a'..'f', 'A'..'F'
+    if not (((digit | alpha) == b80) & ((x & b80) == 0)).all():
+        return None
+    v = (x & _u64(0x0F0F0F0F0F0F0F0F)) + _u64(9) * ((x >> _u64(6)) & _u64(0x0101010101010101))
+    m8 = _u64(0x00FF00FF00FF00FF)
+    t = ((v & m8) << _u64(4)) | ((v >> _u64(8)) & m8)                # each 16-bit lane: one byte's value
+    t = (t | (t >> _u64(8))) & _u64(0x0000FFFF0000FFFF)
+    t = ((t | (t >> _u64(16))) & _u64(0xFFFFFFFF)).astype(np.uint32).byteswap().astype(np.uint64)
+    return (t[:, 0] << _u64(32)) | t[:, 1]
+
+
 def frames(t: Text, rows: np.ndarray, owner: np.ndarray) -> pl.DataFrame | None:
     """``owner, callers, caller`` of trace-cmd frame lines ``=> sym (16 hex digits)``, grouped by their owner line
     number (``owner`` sorted, one per frame line); None when some line has another form."""
@@ -204,18 +232,16 @@ def frames(t: Text, rows: np.ndarray, owner: np.ndarray) -> pl.DataFrame | None:
     ok &= (b[e - 19] == _SP) & (b[e - 18] == 40) & (b[e - 1] == 41)
     if not ok.all():
         return None
-    nib = _HEX[np.lib.stride_tricks.sliding_window_view(b, 16)[e - 17]]
-    if (nib == 255).any():
+    addr = _hex16(np.lib.stride_tricks.sliding_window_view(b, 16)[e - 17])
+    if addr is None:
         return None
-    by = (nib[:, 0::2] << 4) | nib[:, 1::2]
-    addr = np.ascontiguousarray(by).view(">u8").ravel().astype(np.uint64)
     sym_b, sym_e = s + 3, e - 19
     null = (sym_e <= sym_b) | ((b[sym_b] == 48) & (b[sym_b + 1] == ord("x")) & (sym_e > sym_b + 1))
-    syms = t.strings(sym_b, sym_e, null)
+    syms = t.arrow(sym_b, sym_e, null)
     cut = np.flatnonzero(np.diff(owner)) + 1
     offsets = np.concatenate([[0], cut, [n]]).astype(np.int64)
     owners = owner[offsets[:-1]]
-    callers = pa.LargeListArray.from_arrays(pa.array(offsets), syms.to_arrow())
+    callers = pa.LargeListArray.from_arrays(pa.array(offsets), syms)
     caller = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(addr))
     return pl.DataFrame({
         "owner": pl.Series(owners, dtype=pl.UInt32).set_sorted(),
