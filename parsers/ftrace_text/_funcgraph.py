@@ -167,9 +167,11 @@ def _tracefs_rows(others: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     sw = line.str.extract_groups(_SWITCH)
     prev, nxt = (sw.struct.field(k).str.extract_groups(_PROC) for k in ("prev", "next"))
     switches = others.filter(pl.col("_sw")).select(
-        "line_no", sw.struct.field("cpu").cast(pl.Int32).alias("cpu"),
-        nxt.struct.field("pid").cast(pl.Int32).alias("_next"), nxt.struct.field("comm").alias("_next_comm"),
-        prev.struct.field("pid").cast(pl.Int32).alias("_prev"), prev.struct.field("comm").alias("_prev_comm"))
+        "line_no", sw.struct.field("cpu").cast(pl.Int32, strict=False).alias("cpu"),
+        nxt.struct.field("pid").cast(pl.Int32, strict=False).alias("_next"),
+        nxt.struct.field("comm").alias("_next_comm"),
+        prev.struct.field("pid").cast(pl.Int32, strict=False).alias("_prev"),
+        prev.struct.field("comm").alias("_prev_comm"))
     if switches.height and rows["pid"].null_count():
         # the task of a line is the one switched to last on its CPU, or (before the first switch) the one
         # switched away from at the next switch
@@ -253,14 +255,15 @@ def _frames(graph: pl.DataFrame, formats: dict[str, EventFormat], long_size: int
         fmt = formats.get(name)
         schema = fmt.schema(long_size) if fmt is not None else {}
         common = {f.name: f.dtype(long_size) for f in fmt.common_fields} if fmt is not None else {}
+        # damaged text (a duration longer than the time before it, digits beyond the type) gives nulls
         fields = [_address(rows["name"], kallsyms).cast(schema.get("func", pl.UInt64)),
-                  pl.col("depth").cast(schema.get("depth", pl.UInt32))]
+                  pl.col("depth").cast(schema.get("depth", pl.UInt32), strict=False)]
         if name == "funcgraph_entry" and "args" in schema:
             fields.append(pl.lit(None).cast(schema["args"]).alias("args"))
         if name == "funcgraph_exit":
             fields += [pl.lit(None).cast(schema.get("overrun", pl.UInt32)).alias("overrun"),
-                       pl.col("calltime").cast(schema.get("calltime", pl.UInt64)),
-                       pl.col("rettime").cast(schema.get("rettime", pl.UInt64))]
+                       pl.col("calltime").cast(schema.get("calltime", pl.UInt64), strict=False),
+                       pl.col("rettime").cast(schema.get("rettime", pl.UInt64), strict=False)]
         frame = rows.select(pl.col("line_no").cast(pl.UInt32), pl.col("ts").cast(pl.Int64),
                             pl.col("cpu").cast(pl.Int32),
                             pl.col("pid").cast(common.get("common_pid", pl.Int32())).alias("common_pid"),
