@@ -2,9 +2,9 @@
 Apache Parquet 2.x files written by Polars; layout in ``tracekit/stream.py``).
 
 ``read`` opens only the small manifest and tables; each event is a :class:`polars.LazyFrame`
-(``pl.scan_parquet``) until asked for. :func:`scan` gives that LazyFrame, so a caller pushes column selection and
-filters down to the Parquet reader; ``Trace.events(name)`` collects the WHOLE event file (every column of that
-one event, nothing of the others) the first time it is asked for.
+(``pl.scan_parquet``) until asked for. :func:`scan` (= ``Trace.scan``, which the KVM detectors use) gives that
+LazyFrame, so a caller pushes column selection and filters down to the Parquet reader; ``Trace.events(name)``
+collects the WHOLE event file (every column of that one event, nothing of the others) the first time it is asked for.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def _collector(path: Path, key: str):
             raise ParseError(path, None, f"a readable Parquet file of event {key}", f"{type(exc).__name__}: {exc}") \
                 from exc
 
+    build.lazy_scan = lambda: _scan(path)  # Trace.scan: the event as a scan (column selection pushed down)
     return build
 
 
@@ -58,11 +59,7 @@ def scan(trace: Trace, name: str) -> pl.LazyFrame:
     Raises:
         MissingEventError: the trace does not hold the event.
     """
-    key = trace._key(name)  # noqa: SLF001 - same name rules as Trace.events
-    paths = trace.metadata.get("parquet_files") or {}
-    if key in paths and key not in trace._cache:  # noqa: SLF001
-        return _scan(Path(paths[key]))
-    return trace.events(key).lazy()
+    return trace.scan(name)
 
 
 def _table(path: Path) -> pl.DataFrame:

@@ -132,3 +132,51 @@ def test_streamed_conversion_equals_in_memory(tmp_path, compression, monkeypatch
     for name, table in tr.tables.items():  # lost_marks: prev_ts carried across batches of a CPU
         assert ds.tables[name].equals(table), name
     _same_results(tracekit.analyze(p), tracekit.analyze(out))
+
+
+# columns of each event the lazy KVM rules (exit-stats, multi-pmi-per-exit) use; everything else is deleted from the
+# dataset below, so a rule that read another column (or a whole event) would fail
+_USED = {"kvm_exit": {"common_pid", "vcpu_id", "exit_reason", "isa"}, "kvm_entry": {"common_pid"},
+         "kvm_apic_accept_irq": {"common_pid", "apicid", "vec", "dm"}, "kvm_apic_ipi": {"common_pid", "icr_low", "dest_id"},
+         "kvm_inj_virq": {"common_pid", "vector", "soft", "reinjected"}, "kvm_apic": {"common_pid", "rw", "reg", "val"},
+         "sched_switch": {"prev_pid", "next_pid"}, "sched_migrate_task": {"pid", "orig_cpu", "dest_cpu"},
+         "function": {"common_pid", "ip"}, "kvm_pmu_deliver_pmi": {"common_pid"}, "kvm_inj_nmi": {"common_pid"}}
+
+
+def _run_rules(trace, names=("exit-stats", "multi-pmi-per-exit")) -> dict:
+    from tracekit.detectors import Inputs, registry
+
+    return {n: registry()[n]().run(Inputs(host=(trace,)), {}) for n in names}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_kvm_rules_read_only_their_columns(kvm_dat, tmp_path, stream):
+    out = convert(kvm_dat, tmp_path / "ds", stream=stream, batch_pages=4)
+    man = json.loads((out / "tracekit.json").read_text())
+    dropped = 0
+    for key, name in man["events"].items():
+        used = {"ts", "cpu"} | _USED.get(key.rsplit(":", 1)[-1], set())
+        for f in [out / name] if (out / name).is_file() else sorted((out / name).glob("*.parquet")):
+            df = pl.read_parquet(f)
+            dropped += len(set(df.columns) - used)
+            df.select([c for c in df.columns if c in used]).write_parquet(f)
+    assert dropped > 50
+    ds = tracekit.load(out)
+    got, want = _run_rules(ds), _run_rules(tracekit.load(kvm_dat))
+    assert not ds._cache  # no event was collected whole: only the scans' projected columns were read
+    for name, res in want.items():
+        assert res.ran and got[name].ran
+        assert got[name].frames.keys() == res.frames.keys()
+        for f, frame in res.frames.items():
+            assert got[name].frames[f].equals(frame), (name, f)
+        assert [x.summary for x in got[name].findings] == [x.summary for x in res.findings]
+    assert want["multi-pmi-per-exit"].frames["flagged"].height > 0  # the comparison covers flagged exits
+
+
+def test_exit_windows_plan_projects(kvm_dat, tmp_path):
+    from tracekit.detectors.kvm_windows import exit_windows, exit_windows_plan
+
+    ds = tracekit.load(convert(kvm_dat, tmp_path / "ds"))
+    plan = exit_windows_plan(ds).explain()
+    assert "PROJECT 6/15 COLUMNS" in plan and "PROJECT 3/11 COLUMNS" in plan, plan  # kvm_exit, kvm_entry
+    assert exit_windows(ds).equals(exit_windows(tracekit.load(kvm_dat)))  # one plan: dataset and in memory agree

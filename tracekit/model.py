@@ -141,6 +141,19 @@ class Trace:
                 df = symbolic_columns(self, fmt, df)
         return df
 
+    def scan(self, name: str) -> pl.LazyFrame:
+        """The event as a LazyFrame: from a reader that keeps events on disk (a converted Parquet dataset) a scan
+        that pushes column selection and filters down to the files, else the frame (read once, cached) made lazy.
+
+        Raises:
+            MissingEventError: the trace does not hold the event.
+        """
+        key = self._key(name)
+        lazy = getattr(self.frames[key], "lazy_scan", None)
+        if key not in self._cache and callable(lazy):
+            return lazy()
+        return self.events(key).lazy()
+
     def counts(self) -> pl.DataFrame:
         """Events per name: columns ``event`` (String) and ``count`` (Int64), most frequent first."""
         rows = []

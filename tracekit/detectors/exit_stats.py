@@ -12,10 +12,10 @@ from typing import Any, ClassVar
 import polars as pl
 
 from . import Finding, Inputs, RuleResult, register
+from .kvm_windows import collect, exit_windows_plan
 from .multi_pmi import cannot_run, kvm_traces
-from .pmi import exit_windows
 
-__all__ = ["ExitStats", "EXIT_STATS_SCHEMA"]
+__all__ = ["ExitStats", "EXIT_STATS_SCHEMA", "exit_table", "exit_table_plan"]
 
 EXIT_STATS_SCHEMA = {
     "pid": pl.Int32, "vcpu": pl.Int32, "exit_reason": pl.String, "count": pl.Int64, "total_ns": pl.Int64,
@@ -51,9 +51,12 @@ class ExitStats:
         traces = kvm_traces(inputs)
         if not traces:
             return cannot_run(self, inputs)
-        wins = pl.concat([exit_windows(t).drop("window") for t in traces])
-        stats = exit_table(wins)
-        open_n = int(wins["entry_ts"].is_null().sum())
+        # one lazy plan per run: on a converted dataset only pid/vcpu/cpu/ts/exit_reason/isa of kvm_exit and
+        # pid/ts/cpu of kvm_entry are read; the windows are aggregated, never returned
+        wins = pl.concat([exit_windows_plan(t).drop("window") for t in traces])
+        stats, open_n = pl.collect_all([exit_table_plan(wins), wins.select(pl.col("entry_ts").is_null().sum())],
+                                       engine="streaming")
+        open_n = int(open_n.item())
         notes = [f"{open_n} exit(s) without a following kvm_entry (trace end or lost events) left out"] if open_n else []
         res = RuleResult(self.name, ran=True, frames={"exit_stats": stats}, notes=notes)
         slow_ns = float(cfg["slow_exit_us"]) * 1000.0
@@ -74,9 +77,9 @@ class ExitStats:
         return res
 
 
-def exit_table(windows: pl.DataFrame) -> pl.DataFrame:
-    """The ``exit_stats`` table from windows (``pid``, ``vcpu``, ``exit_reason``, ``exit_ts``, ``entry_ts``)."""
-    done = windows.filter(pl.col("entry_ts").is_not_null()).with_columns(
+def exit_table_plan(windows: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
+    """The plan of :func:`exit_table` (a group_by aggregation over the windows)."""
+    done = windows.lazy().filter(pl.col("entry_ts").is_not_null()).with_columns(
         (pl.col("entry_ts") - pl.col("exit_ts")).alias("ns"))
     ns = pl.col("ns")
     out = (done.group_by("pid", "vcpu", "exit_reason")
@@ -86,3 +89,8 @@ def exit_table(windows: pl.DataFrame) -> pl.DataFrame:
            .with_columns((pl.col("count") / pl.col("count").sum().over("pid", "vcpu")).alias("share")))
     return (out.select(list(EXIT_STATS_SCHEMA)).cast(EXIT_STATS_SCHEMA)
             .sort(["pid", "vcpu", "count", "exit_reason"], descending=[False, False, True, False]))
+
+
+def exit_table(windows: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """The ``exit_stats`` table from windows (``pid``, ``vcpu``, ``exit_reason``, ``exit_ts``, ``entry_ts``)."""
+    return collect(exit_table_plan(windows))

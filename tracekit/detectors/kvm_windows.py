@@ -14,46 +14,82 @@ import polars as pl
 
 from ..model import Trace
 
-__all__ = ["exit_windows", "assign_windows", "lost_marks", "inconclusive", "presence"]
+__all__ = ["exit_windows", "exit_windows_plan", "columns", "collect", "assign_windows", "lost_marks", "inconclusive", "presence"]
 
 _I32 = pl.Int32
 
 
-def _exit_names(trace: Trace) -> pl.DataFrame:
-    """kvm_exit rows with the reason named from its print fmt (``exit_reason_name``)."""
+def collect(lf: pl.LazyFrame) -> pl.DataFrame:
+    """Run a detector's plan with Polars' streaming engine (operators it lacks fall back to the in-memory one)."""
+    return lf.collect(engine="streaming")
+
+
+def columns(trace: Trace, name: str, cols: dict[str, pl.Expr], where: pl.Expr | None = None) -> pl.LazyFrame:
+    """Event ``name`` as a LazyFrame of the columns ``cols`` (output name → expression), rows kept by ``where``.
+
+    One plan for every Trace: on a converted dataset (``Trace.scan``) only the columns the expressions use are read
+    and ``where`` is pushed into the Parquet scan; on a trace in memory it runs on its frame, made lazy."""
+    lf = trace.scan(name)
+    if where is not None:
+        lf = lf.filter(where)
+    return lf.select([e.alias(n) for n, e in cols.items()])
+
+
+def _reason_names(trace: Trace, exits: pl.LazyFrame) -> pl.LazyFrame | None:
+    """(exit_reason, isa) → exit_reason_name from the kvm_exit print fmt, evaluated once per distinct pair (not per
+    row), or None when the print fmt names nothing."""
+    fmt = trace.format_of("kvm_exit")
+    if fmt is None:
+        return None
     try:
-        df = trace.events("kvm_exit", symbolic=True)
+        from ..printfmt import symbolic_columns
     except ImportError:  # tracekit.printfmt not available: keep the number
-        df = trace.events("kvm_exit")
+        return None
+    keys = [c for c in ("exit_reason", "isa") if c in exits.collect_schema()]
+    pairs = collect(exits.select(keys).unique())
+    named = symbolic_columns(trace, fmt, pairs)
+    if "exit_reason_name" not in named.columns:
+        return None
+    return named.select(*keys, pl.col("exit_reason_name").cast(pl.String)).lazy()
+
+
+def exit_windows_plan(trace: Trace) -> pl.LazyFrame:
+    """The plan of :func:`exit_windows` (collect it, or build on it: ``exit-stats`` aggregates it)."""
+    ex = trace.scan("kvm_exit")
     number = pl.col("exit_reason").cast(pl.String)
-    if "exit_reason_name" not in df.columns:
-        return df.with_columns(number.alias("exit_reason_name"))
-    # a reason the print fmt does not name shows as its number, as libtraceevent prints it
-    return df.with_columns(pl.coalesce(pl.col("exit_reason_name").cast(pl.String), number).alias("exit_reason_name"))
-
-
-def exit_windows(trace: Trace) -> pl.DataFrame:
-    """Every VM-exit window of ``trace``: window (row id), pid, vcpu, cpu, exit_ts, entry_ts, exit_reason, isa,
-    entry_cpu — ordered by exit_ts then pid.
-
-    Raises:
-        MissingEventError: the trace has no ``kvm_exit`` or no ``kvm_entry``.
-    """
-    ex = _exit_names(trace)
-    isa = pl.col("isa").cast(pl.Int32, strict=False) if "isa" in ex.columns else pl.lit(None, pl.Int32)
-    exits = ex.select(pl.col("common_pid").cast(_I32, strict=False).alias("pid"), pl.col("vcpu_id").cast(_I32, strict=False).alias("vcpu"),
-                      pl.col("cpu").cast(_I32, strict=False), pl.col("ts").cast(pl.Int64, strict=False).alias("exit_ts"),
-                      pl.col("exit_reason_name").cast(pl.String).alias("exit_reason"), isa.alias("isa"))
-    exits = exits.with_row_index("_seq").sort(["exit_ts", "_seq"])
-    ent = (trace.events("kvm_entry")
-           .select(pl.col("common_pid").cast(_I32, strict=False).alias("pid"), pl.col("ts").cast(pl.Int64, strict=False).alias("entry_ts"),
-                   pl.col("cpu").cast(_I32, strict=False).alias("entry_cpu"))
-           .sort("entry_ts"))
+    has_isa = "isa" in ex.collect_schema()
+    names = _reason_names(trace, ex)
+    keep = ["exit_reason", "isa"] if has_isa else ["exit_reason"]
+    exits = ex.select(pl.col("common_pid").cast(_I32, strict=False).alias("pid"),
+                      pl.col("vcpu_id").cast(_I32, strict=False).alias("vcpu"), pl.col("cpu").cast(_I32, strict=False),
+                      pl.col("ts").cast(pl.Int64, strict=False).alias("exit_ts"), *keep).with_row_index("_seq")
+    if names is not None:
+        # a reason the print fmt does not name shows as its number, as libtraceevent prints it
+        exits = exits.join(names, on=keep, how="left", nulls_equal=True, maintain_order="left")
+        reason = pl.coalesce(pl.col("exit_reason_name"), number)
+    else:
+        reason = number
+    isa = pl.col("isa").cast(pl.Int32, strict=False) if has_isa else pl.lit(None, pl.Int32)
+    exits = exits.select("_seq", "pid", "vcpu", "cpu", "exit_ts", reason.alias("exit_reason"), isa.alias("isa"))
+    exits = exits.sort(["exit_ts", "_seq"])
+    ent = columns(trace, "kvm_entry", {"pid": pl.col("common_pid").cast(_I32, strict=False),
+                                       "entry_ts": pl.col("ts").cast(pl.Int64, strict=False),
+                                       "entry_cpu": pl.col("cpu").cast(_I32, strict=False)}).sort("entry_ts")
     win = exits.join_asof(ent, left_on="exit_ts", right_on="entry_ts", by="pid", strategy="forward",
                           allow_exact_matches=False, coalesce=False, check_sortedness=False)
     return (win.sort(["exit_ts", "pid", "_seq"]).drop("_seq", "pid_right", strict=False)
             .with_row_index("window")
             .select("window", "pid", "vcpu", "cpu", "exit_ts", "entry_ts", "exit_reason", "isa", "entry_cpu"))
+
+
+def exit_windows(trace: Trace) -> pl.DataFrame:
+    """Every VM-exit window of ``trace``: window (row id), pid, vcpu, cpu, exit_ts, entry_ts, exit_reason, isa,
+    entry_cpu — ordered by exit_ts then pid. Reads only those columns of ``kvm_exit``/``kvm_entry``.
+
+    Raises:
+        MissingEventError: the trace has no ``kvm_exit`` or no ``kvm_entry``.
+    """
+    return collect(exit_windows_plan(trace))
 
 
 def assign_windows(df: pl.DataFrame, windows: pl.DataFrame) -> pl.DataFrame:
@@ -155,16 +191,17 @@ def presence(trace: Trace, windows: pl.DataFrame, extra: list[pl.DataFrame]) -> 
              windows.filter(pl.col("entry_ts").is_not_null())
              .select(pl.col("entry_ts").alias("ts"), "pid", pl.col("entry_cpu").alias("cpu"))]
     parts += [e.select("ts", "pid", "cpu") for e in extra]
+    ts = pl.col("ts").cast(pl.Int64, strict=False)
     if trace.has("sched_switch"):
-        sw = trace.events("sched_switch")
-        for col in ("prev_pid", "next_pid"):
-            parts.append(sw.select(pl.col("ts").cast(pl.Int64, strict=False), pl.col(col).cast(_I32, strict=False).alias("pid"),
-                                   pl.col("cpu").cast(_I32, strict=False)))
+        sw = collect(columns(trace, "sched_switch", {"ts": ts, "prev_pid": pl.col("prev_pid").cast(_I32, strict=False),
+                                                     "next_pid": pl.col("next_pid").cast(_I32, strict=False),
+                                                     "cpu": pl.col("cpu").cast(_I32, strict=False)}))
+        parts += [sw.select("ts", pl.col(col).alias("pid"), "cpu") for col in ("prev_pid", "next_pid")]
     if trace.has("sched_migrate_task"):
-        mg = trace.events("sched_migrate_task")
-        for col in ("orig_cpu", "dest_cpu"):
-            parts.append(mg.select(pl.col("ts").cast(pl.Int64, strict=False), pl.col("pid").cast(_I32, strict=False),
-                                   pl.col(col).cast(_I32, strict=False).alias("cpu")))
+        mg = collect(columns(trace, "sched_migrate_task", {"ts": ts, "pid": pl.col("pid").cast(_I32, strict=False),
+                                                           "orig_cpu": pl.col("orig_cpu").cast(_I32, strict=False),
+                                                           "dest_cpu": pl.col("dest_cpu").cast(_I32, strict=False)}))
+        parts += [mg.select("ts", "pid", pl.col(col).alias("cpu")) for col in ("orig_cpu", "dest_cpu")]
     pids = windows["pid"].unique()
     pres = pl.concat([p.cast({"ts": pl.Int64, "pid": _I32, "cpu": _I32}) for p in parts]).filter(
         pl.col("pid").is_in(pids.implode()))

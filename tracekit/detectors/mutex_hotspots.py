@@ -121,17 +121,32 @@ def _perf_samples(inputs: Inputs, kallsyms) -> tuple[Trace, str, pl.DataFrame] |
             if not tr.format.startswith("perf"):
                 continue
             for name in tr.event_names:
-                df = tr.events(name)
-                if "callchain" in df.columns and df.height and (best is None or df.height > best[2].height):
-                    best = (tr, name, df)
+                if "callchain" not in tr.scan(name).collect_schema():
+                    continue
+                n = _rows(tr, name)
+                if n and (best is None or n > best[2]):
+                    best = (tr, name, n)
         if best is not None:
             break
     if best is None:
         return None
-    tr, name, df = best
+    tr, name, _n = best
+    df = tr.events(name)  # the winner only, whole (every column is used)
     if kallsyms is not None and "callchain_ip" in df.columns:
         df = _name_hex_frames(df, kallsyms)
     return tr, name, df
+
+
+def _rows(tr: Trace, name: str) -> int:
+    """Rows of event ``name`` without reading them (a converted dataset answers from the Parquet metadata)."""
+    return int(tr.scan(name).select(pl.len()).collect().item())
+
+
+def _ts_range(tr: Trace, names: tuple[str, ...]) -> tuple[int, int]:
+    """First and last ``ts`` over events ``names``, reading only their ``ts`` column."""
+    r = pl.concat([tr.scan(n).select(pl.col("ts").min().alias("lo"), pl.col("ts").max().alias("hi")).collect()
+                   for n in names])
+    return int(r["lo"].min()), int(r["hi"].max())
 
 
 def _name_hex_frames(df: pl.DataFrame, kallsyms) -> pl.DataFrame:
@@ -200,9 +215,9 @@ class MutexHotspots:
         set_re, int_re = symbol_pattern(cfg["symbols"]), symbol_pattern(cfg["internals"])
         bucket_ns = max(1, int(round(float(cfg["bucket_s"]) * 1e9)))
         res = RuleResult(rule=self.name, ran=False, record_hint=self.record_hint)
-        graphs = [t for t in inputs.host if t.has("funcgraph_exit") and t.events("funcgraph_exit").height]
+        graphs = [t for t in inputs.host if t.has("funcgraph_exit") and _rows(t, "funcgraph_exit")]
         both = [t for t in inputs.host if t.has("contention_begin") and t.has("contention_end")]
-        dat = [t for t in both if t.events("contention_begin").height and t.events("contention_end").height]
+        dat = [t for t in both if _rows(t, "contention_begin") and _rows(t, "contention_end")]
         ksyms = next((t.kallsyms for t in inputs.host if t.kallsyms is not None and len(t.kallsyms)), None)
         perf = _perf_samples(inputs, ksyms)
         fn_only = any(t.has("ftrace:function") for t in inputs.host)
@@ -218,7 +233,7 @@ class MutexHotspots:
             self._perf(perf, cfg, set_re, int_re, bucket_ns, parts, res)
         if graphs and not self._funcgraph(graphs[0], cfg, set_re, bucket_ns, parts, res):
             res.notes.append(f"funcgraph: no call of {cfg['label']} in {graphs[0].source}")
-        calls = [t for t in inputs.host if t.has("ftrace:function") and t.events("ftrace:function").height]
+        calls = [t for t in inputs.host if t.has("ftrace:function") and _rows(t, "ftrace:function")]
         if calls:
             fc = function_calls(calls[0], set_re)
             parts.setdefault("function_calls", []).append(fc)
@@ -296,8 +311,7 @@ class MutexHotspots:
         parts.setdefault("waits_by_lock", []).append(wait_stats(waits, ["lock_addr", "kind"]))
         parts.setdefault("waits_by_path", []).append(wait_stats(waits.with_columns(pl.col("path").fill_null("?")),
                                                             ["path"]))
-        lo = min(int(tr.events(n)["ts"].min()) for n in ("contention_begin", "contention_end"))
-        hi = max(int(tr.events(n)["ts"].max()) for n in ("contention_begin", "contention_end"))
+        lo, hi = _ts_range(tr, ("contention_begin", "contention_end"))
         self._intervals("contention", waits, waits.filter(pl.col("in_set")), lo, hi, bucket_ns, cfg, parts, res)
 
     # -- function_graph ----------------------------------------------------------------------------------------------
@@ -305,11 +319,10 @@ class MutexHotspots:
         calls = funcgraph_intervals(tr, set_re)
         if calls.is_empty():
             return False
-        ex = tr.events("funcgraph_exit")
-        lo, hi = int(ex["ts"].min()), int(ex["ts"].max())
+        lo, hi = _ts_range(tr, ("funcgraph_exit",))
         lo = min(lo, int(calls["ts"].min()))
         res.notes.append(f"funcgraph: {calls.height} calls of {cfg['label']} in {tr.source}")
-        everyone = ex.select(pl.col("common_pid").cast(pl.Int32).alias("pid"))
+        everyone = tr.scan("funcgraph_exit").select(pl.col("common_pid").cast(pl.Int32).alias("pid")).collect()
         self._intervals("funcgraph", everyone, calls, lo, hi, bucket_ns, cfg, parts, res)
         return True
 

@@ -44,7 +44,7 @@ import polars as pl
 
 from ..errors import ConfigError
 from ..model import Trace
-from .kvm_windows import assign_windows, exit_windows, inconclusive, lost_marks
+from .kvm_windows import assign_windows, collect, columns, exit_windows, inconclusive, lost_marks
 from .kvm_windows import presence as windows_presence
 
 __all__ = [
@@ -175,15 +175,14 @@ def route_events(trace: Trace) -> dict[str, list[str]]:
     return out
 
 
-def _common(df: pl.DataFrame, event: str, kind: int, extra: dict[str, pl.Expr] | None = None) -> pl.DataFrame:
-    cols = [pl.col("ts").cast(pl.Int64, strict=False), pl.col("cpu").cast(_I32, strict=False), pl.col("common_pid").cast(_I32, strict=False).alias("pid"),
-            pl.lit(event, pl.String).alias("event"), pl.lit(kind, pl.Int8).alias("kind")]
-    cols += [e.alias(n) for n, e in (extra or {}).items()]
-    return df.select(cols).with_row_index("seq")
-
-
-def _events(trace: Trace, key: str) -> pl.DataFrame:
-    return trace.events(key)
+def _common(trace: Trace, key: str, kind: int, extra: dict[str, pl.Expr] | None = None,
+            where: pl.Expr | None = None) -> pl.DataFrame:
+    """Route event ``key`` as (seq, ts, cpu, pid, event, kind, extra…): only these columns are read, rows kept by
+    ``where`` (pushed into the scan of a converted dataset)."""
+    cols = {"ts": pl.col("ts").cast(pl.Int64, strict=False), "cpu": pl.col("cpu").cast(_I32, strict=False),
+            "pid": pl.col("common_pid").cast(_I32, strict=False), "event": pl.lit(key, pl.String),
+            "kind": pl.lit(kind, pl.Int8), **(extra or {})}
+    return collect(columns(trace, key, cols, where).with_row_index("seq"))
 
 
 def _symbol_ranges(trace: Trace, name: str) -> list[tuple[int, int]]:
@@ -207,10 +206,11 @@ def _lvtpc_writes(trace: Trace) -> pl.DataFrame:
     schema = {"ts": pl.Int64, "pid": pl.Int32, "cpu": pl.Int32, "val": pl.UInt64}
     if not trace.has("kvm_apic"):
         return pl.DataFrame(schema=schema)
-    df = trace.events("kvm_apic")
-    return (df.filter((pl.col("rw") != 0) & (pl.col("reg") == APIC_LVTPC))
-            .select(pl.col("ts").cast(pl.Int64, strict=False), pl.col("common_pid").cast(_I32, strict=False).alias("pid"),
-                    pl.col("cpu").cast(_I32, strict=False), pl.col("val").cast(pl.UInt64, strict=False)))
+    return collect(columns(trace, "kvm_apic", {"ts": pl.col("ts").cast(pl.Int64, strict=False),
+                                               "pid": pl.col("common_pid").cast(_I32, strict=False),
+                                               "cpu": pl.col("cpu").cast(_I32, strict=False),
+                                               "val": pl.col("val").cast(pl.UInt64, strict=False)},
+                           (pl.col("rw") != 0) & (pl.col("reg") == APIC_LVTPC)))
 
 
 def _candidates(trace: Trace, routes: dict[str, list[str]], lvtpc_vector: int | None, vcpu_of: pl.DataFrame,
@@ -223,28 +223,24 @@ def _candidates(trace: Trace, routes: dict[str, list[str]], lvtpc_vector: int | 
     nmi_accepts = pl.DataFrame(schema={**_EMPTY_EVENTS, "apicid": pl.UInt32, "vec": pl.UInt8})
     elsewhere = nmi_accepts.clone()
     for key in routes["deliver_pmi"]:
-        parts.append(_common(_events(trace, key), key, 0))
+        parts.append(_common(trace, key, 0))
     for key in routes["inj_nmi"]:
-        parts.append(_common(_events(trace, key), key, 4))
+        parts.append(_common(trace, key, 4))
     for key in routes["function"]:
         ranges = _symbol_ranges(trace, PMI_SYMBOL)
         if not ranges:
             notes.append(f"{key} is present but {PMI_SYMBOL} is not in the trace's kallsyms: route 'function' "
                          "not used")
             continue
-        df = _events(trace, key)
-        ip = df["ip"].cast(pl.UInt64, strict=False).to_numpy()
-        mask = np.zeros(len(ip), dtype=bool)
-        for lo, hi in ranges:
-            mask |= (ip >= np.uint64(lo)) & (ip < np.uint64(hi))
-        parts.append(_common(df.filter(pl.Series(mask)), key, 1))
+        ip = pl.col("ip").cast(pl.UInt64, strict=False)
+        hit = pl.any_horizontal([(ip >= pl.lit(lo, pl.UInt64)) & (ip < pl.lit(hi, pl.UInt64)) for lo, hi in ranges])
+        parts.append(_common(trace, key, 1, where=hit))
     lvtpc = _lvtpc_writes(trace)
     for key in dict.fromkeys(routes["apic_nmi"] + routes["lvtpc_fixed"]):
         s = _short(key)
-        df = _events(trace, key)
         if s == "kvm_apic_accept_irq":
             dm = (pl.col("dm").cast(pl.Int64, strict=False) // 256) % 8
-            acc = _common(df, key, 2, {"apicid": pl.col("apicid").cast(pl.UInt32, strict=False), "vec": pl.col("vec").cast(pl.UInt8, strict=False),
+            acc = _common(trace, key, 2, {"apicid": pl.col("apicid").cast(pl.UInt32, strict=False), "vec": pl.col("vec").cast(pl.UInt8, strict=False),
                                        "dm": dm})
             vcpu = pl.col("pid").replace_strict(vcpu_of["pid"], vcpu_of["_vcpu"], default=None,
                                                 return_dtype=pl.Int64)
@@ -258,8 +254,8 @@ def _candidates(trace: Trace, routes: dict[str, list[str]], lvtpc_vector: int | 
                 fixed = acc.filter(pl.col("dm") == DM_FIXED).with_columns(pl.lit(3, pl.Int8).alias("kind"))
                 parts.append(_lvtpc_match(fixed, lvtpc, lvtpc_vector).drop("apicid", "dm"))
         else:  # kvm_inj_virq: a real interrupt (not INTn), injected for the first time
-            virq = _common(df.filter(~pl.col("soft").cast(pl.Boolean, strict=False) & ~pl.col("reinjected").cast(pl.Boolean, strict=False)),
-                           key, 5, {"vec": pl.col("vector").cast(pl.UInt8, strict=False)})
+            first = ~pl.col("soft").cast(pl.Boolean, strict=False) & ~pl.col("reinjected").cast(pl.Boolean, strict=False)
+            virq = _common(trace, key, 5, {"vec": pl.col("vector").cast(pl.UInt8, strict=False)}, where=first)
             parts.append(_lvtpc_match(virq, lvtpc, lvtpc_vector))
     parts = [p.select(list(_EMPTY_EVENTS)) for p in parts]
     cands = pl.concat(parts) if parts else pl.DataFrame(schema=_EMPTY_EVENTS)
@@ -408,12 +404,11 @@ def analyse_pmis(trace: Trace, *, lvtpc_vector: int | None = None, routes: tuple
     if not nmi_acc.is_empty():
         acc = assign_windows(nmi_acc.with_columns(pl.lit(2, pl.Int8).alias("kind")), windows)
         if trace.has("kvm_apic_ipi"):
-            ipi = trace.events("kvm_apic_ipi")
             icr = pl.col("icr_low").cast(pl.Int64, strict=False)
-            ipi = (ipi.filter((icr // 256) % 8 == DM_NMI)
-                   .select(pl.col("ts").cast(pl.Int64, strict=False), pl.col("common_pid").cast(_I32, strict=False).alias("pid"),
-                           pl.col("cpu").cast(_I32, strict=False), pl.col("dest_id").cast(pl.UInt32, strict=False).alias("dest"),
-                           ((icr // 2048) % 2 == 1).alias("logical"), ((icr // (1 << 18)) % 4).alias("shorthand")))
+            ipi = collect(columns(trace, "kvm_apic_ipi", {
+                "ts": pl.col("ts").cast(pl.Int64, strict=False), "pid": pl.col("common_pid").cast(_I32, strict=False),
+                "cpu": pl.col("cpu").cast(_I32, strict=False), "dest": pl.col("dest_id").cast(pl.UInt32, strict=False),
+                "logical": (icr // 2048) % 2 == 1, "shorthand": (icr // (1 << 18)) % 4}, (icr // 256) % 8 == DM_NMI))
             ipi = assign_windows(ipi, windows).select(pl.col("ts").alias("ipi_ts"), "pid", "dest", "logical",
                                                       "shorthand", _segment().alias("ipi_segment"))
             acc = acc.sort("ts").join_asof(ipi.sort("ipi_ts"), left_on="ts", right_on="ipi_ts", by="pid",
