@@ -189,3 +189,13 @@ def test_raw_and_print_fmt_forms_get_names(dat, name):
                 assert _max_diff(a[c], b[c]) <= 500
             else:
                 assert b[c].equals(a[c]), (event, c)
+
+
+def test_damaged_duration_gives_null_calltime(tmp_path):
+    """A ``}`` whose duration reaches before time 0 (a damaged paste): null calltime, no error."""
+    p = tmp_path / "bad.txt"
+    p.write_text("cpus=1\n"
+                 "  perf-6001  [000]     0.000003: funcgraph_exit:       # 9999.000 us |  } /* perf_ioctl */\n")
+    ex = tracekit.load(p).events("funcgraph_exit")
+    assert ex["calltime"].to_list() == [None] and ex["rettime"].to_list() == [3_000]
+    assert ex["func_sym"].to_list() == ["perf_ioctl"]
