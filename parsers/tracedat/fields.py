@@ -21,7 +21,7 @@ class Payloads:
 
     def __init__(self, buf: np.ndarray, off: np.ndarray, length: np.ndarray, big: bool, long_size: int,
                  width: int = 0, direct: frozenset = frozenset()):
-        self.length = length.astype(np.int64)
+        self._length = length.astype(np.int64)
         self.big = big
         self.long_size = long_size
         u32 = buf[: len(buf) // 4 * 4].view(">u4" if big else "<u4")
@@ -52,10 +52,11 @@ class Payloads:
         self.u16 = buf[: len(buf) // 2 * 2].view(">u2" if big else "<u2")
 
     @classmethod
-    def from_block(cls, block: np.ndarray, length: np.ndarray, big: bool, long_size: int) -> Payloads:
-        """The records already laid out one per row of ``block`` ((rows, words) uint32, C-contiguous)."""
+    def from_block(cls, block: np.ndarray, length: np.ndarray | int, big: bool, long_size: int) -> Payloads:
+        """The records already laid out one per row of ``block`` ((rows, words) uint32, C-contiguous); ``length``
+        their payload bytes (an int when all are equal)."""
         self = cls.__new__(cls)
-        self.length = length.astype(np.int64)
+        self._length = length if np.isscalar(length) else length.astype(np.int64)
         self.big = big
         self.long_size = long_size
         self.direct = frozenset()
@@ -67,6 +68,13 @@ class Payloads:
         self.u16 = self.buf.view(">u2" if big else "<u2")
         self.last = len(self.buf) - 1
         return self
+
+    @property
+    def length(self) -> np.ndarray:
+        """Payload bytes of every record (int64)."""
+        if np.isscalar(self._length):
+            self._length = np.full(len(self.off), self._length, np.int64)
+        return self._length
 
     def drop_block(self) -> None:
         """Free the record block once every field it holds is read (only ``direct`` fields remain)."""
@@ -107,7 +115,12 @@ class Payloads:
             for k in range(size):
                 acc |= b8[:, rel + k].astype(np.uint64) << np.uint64(8 * (size - 1 - k if self.big else k))
             return acc
-        col = np.ascontiguousarray(b8[:, rel:rel + size]).view(f"{'>' if self.big else '<'}u{size}").ravel()
+        order = ">" if self.big else "<"
+        if rel % size == 0 and (blk.shape[1] * 4) % size == 0:
+            # aligned: one strided pass over a typed view (a byte-matrix copy costs a loop per row)
+            col = blk.view(f"{order}u{size}")[:, rel // size]
+            return col.astype(f"=u{size}")
+        col = np.ascontiguousarray(b8[:, rel:rel + size]).view(f"{order}u{size}").ravel()
         return col.astype(f"=u{size}") if self.big else col
 
     def scalar(self, f: Field) -> pl.Series:
@@ -182,8 +195,13 @@ class Payloads:
         elif (np.isscalar(start) and blk is not None and es in (1, 2, 4, 8) and width
                 and start + width * es <= blk.shape[1] * 4):
             # the elements lie side by side in every row of the record block: one strided copy
-            raw = np.ascontiguousarray(blk.view(np.uint8)[:, start:start + width * es])
-            mat = raw.view(f"{'>' if self.big else '<'}u{es}").astype(np_inner, copy=False)
+            order = ">" if self.big else "<"
+            if start % es == 0 and (blk.shape[1] * 4) % es == 0:
+                raw = blk.view(f"{order}u{es}")[:, start // es:start // es + width]
+                mat = raw.astype(np_inner)
+            else:
+                raw = np.ascontiguousarray(blk.view(np.uint8)[:, start:start + width * es])
+                mat = raw.view(f"{order}u{es}").astype(np_inner, copy=False)
         else:
             cols = [self.uint(start + k * es, es) for k in range(width)]
             mat = np.stack(cols, axis=1).astype(np_inner) if cols else np.zeros((len(self.off), 0), np_inner)

@@ -40,6 +40,7 @@ class _State:
     kallsyms: Kallsyms | None
     printk: dict[int, str]
     pending: int = 0
+    comm_lookup: tuple | None = None
 
 
 def frame_from_records(st: _State, fmt: EventFormat, rec: EventRecords) -> pl.DataFrame:
@@ -48,7 +49,7 @@ def frame_from_records(st: _State, fmt: EventFormat, rec: EventRecords) -> pl.Da
     while rec.chunks:
         c = rec.chunks.pop(0)
         if c.offsets is None:
-            p = Payloads.from_block(c.words, c.lengths(), st.big, st.long_size)
+            p = Payloads.from_block(c.words, c.length, st.big, st.long_size)
         else:
             p = Payloads(c.words.view(np.uint8), c.offsets, c.length, st.big, st.long_size,
                          record_width(fmt, int(c.length.max())))
@@ -82,7 +83,11 @@ def _piece(st: _State, fmt: EventFormat, p: Payloads, ts: np.ndarray, cpu: np.nd
     del p
     out: dict[str, pl.Series] = {"ts": pl.Series("ts", ts, dtype=pl.Int64), "cpu": pl.Series("cpu", cpu, dtype=pl.Int32)}
     if len(st.buffer_names) > 1:
-        out["buffer"] = pl.Series("buffer", st.buffer_names, dtype=pl.String).gather(group.astype(np.uint32))
+        if len(group) and group.min() == group.max():  # one buffer: a constant column, no gather
+            out["buffer"] = pl.repeat(st.buffer_names[int(group[0])], len(group), dtype=pl.String, eager=True)
+        else:
+            out["buffer"] = pl.Series(st.buffer_names, dtype=pl.String).gather(group.astype(np.uint32))
+        out["buffer"] = out["buffer"].rename("buffer")
     for name in ("common_pid", "common_flags", "common_preempt_count"):
         if name in cols:
             out[name] = cols.pop(name)
@@ -99,7 +104,37 @@ def _piece(st: _State, fmt: EventFormat, p: Payloads, ts: np.ndarray, cpu: np.nd
 
 
 def _comm(st: _State, pid: np.ndarray) -> pl.Series:
-    """``common_comm``: pid -> comm by binary search in the sorted cmdlines pids (``<idle>`` for 0); misses null."""
+    """``common_comm``: pid -> comm from the saved cmdlines (``<idle>`` for 0; the first line of a pid wins);
+    pids without a line get a null."""
+    if st.comm_lookup is None:
+        st.comm_lookup = _comm_lookup(st.pids, st.comms)
+    lo, table, vals = st.comm_lookup
+    if table is None:
+        return _comm_search(st, pid)
+    # a dense table over the pids' range (each row one lookup); rows outside it point at vals' final null
+    at = pid.astype(np.int64) - lo if lo else pid
+    idx = np.take(table, at, mode="clip")
+    if len(at) and (int(at.min()) < 0 or int(at.max()) >= len(table)):
+        idx[(at < 0) | (at >= len(table))] = len(vals) - 1
+    return vals.gather(pl.Series(idx)).rename("common_comm")
+
+
+def _comm_lookup(pids: np.ndarray, comms: list[str]) -> tuple[int, np.ndarray | None, pl.Series]:
+    """``(lowest pid, table, names)``: ``names[table[pid - lowest]]`` is the comm of ``pid`` (names' last entry is
+    the null of unknown pids); table is None when the pids span more than 2**24 values."""
+    keys, first = np.unique(np.concatenate([[0], pids]).astype(np.int64), return_index=True)
+    lo, hi = int(keys[0]), int(keys[-1])
+    if hi - lo >= 1 << 24:
+        return lo, None, pl.Series([], dtype=pl.String)
+    vals = pl.Series(["<idle>"] + comms + [None], dtype=pl.String).gather(np.r_[first, len(comms) + 1]
+                                                                         .astype(np.uint32))
+    table = np.full(hi - lo + 1, len(keys), np.uint32)
+    table[keys - lo] = np.arange(len(keys), dtype=np.uint32)
+    return lo, table, vals
+
+
+def _comm_search(st: _State, pid: np.ndarray) -> pl.Series:
+    """:func:`_comm` by binary search in the sorted cmdlines pids (pids too spread for a table)."""
     keys, first = np.unique(np.concatenate([[0], st.pids]).astype(np.int64), return_index=True)
     vals = pl.Series(["<idle>"] + st.comms, dtype=pl.String).gather(first.astype(np.uint32))
     # keys outside the pid column's range match nothing: dropped, so the search runs in its own width

@@ -122,6 +122,12 @@ def _u64_at(u32: np.ndarray, off: np.ndarray, big: bool) -> np.ndarray:
     return (a << np.uint64(32)) | b if big else a | (b << np.uint64(32))
 
 
+def _placed(x: np.ndarray, at: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x)
+    out[at] = x
+    return out
+
+
 def _page_error(ps: PageSet, page: int, page_size: int, path: str, what: str, found: str) -> ParseError:
     base = 0
     for off, n, cpu, comp in ps.where:
@@ -134,11 +140,14 @@ def _page_error(ps: PageSet, page: int, page_size: int, path: str, what: str, fo
     return ParseError(path, None, what, found)
 
 
-def walk(ps: PageSet, page_size: int, long_size: int, big: bool, path: str, threads: int = 2) -> Records:
+def walk(ps: PageSet, page_size: int, long_size: int, big: bool, path: str, threads: int = 2,
+         page_order: bool = True) -> Records:
     """Decode every record header of every page; returns the event records and the lost-event flags.
 
     Each CPU's pages are walked in its own thread (numpy releases the GIL). A page whose commit or record headers
     are inconsistent costs only that page: it is recorded in ``Records.damage`` and its records are dropped.
+    Records come in page order (each page's in ring order), or with ``page_order=False`` in the walk's own order:
+    each CPU's records by their index in their page, then by page (a page's records still in ring order).
     """
     bounds, lo = [], 0
     for _off, n, _cpu, _comp in ps.where:
@@ -148,16 +157,18 @@ def walk(ps: PageSet, page_size: int, long_size: int, big: bool, path: str, thre
         bounds = [(0, len(ps.starts))]
     if threads > 1 and len(bounds) > 1:
         with ThreadPoolExecutor(threads) as pool:
-            parts = list(pool.map(lambda b: _walk_range(ps, b[0], b[1], page_size, long_size, big, path), bounds))
+            parts = list(pool.map(lambda b: _walk_range(ps, b[0], b[1], page_size, long_size, big, path, page_order),
+                                  bounds))
     else:
-        parts = [_walk_range(ps, a, b, page_size, long_size, big, path) for a, b in bounds]
+        parts = [_walk_range(ps, a, b, page_size, long_size, big, path, page_order) for a, b in bounds]
     if len(parts) == 1:
         return parts[0]
     return Records(*(np.concatenate([getattr(r, k) for r in parts]) for k in ("page", "data", "length", "ts")),
                    np.concatenate([r.lost for r in parts]), [d for r in parts for d in r.damage])
 
 
-def _walk_range(ps: PageSet, lo: int, hi: int, page_size: int, long_size: int, big: bool, path: str) -> Records:
+def _walk_range(ps: PageSet, lo: int, hi: int, page_size: int, long_size: int, big: bool, path: str,
+                page_order: bool = True) -> Records:
     """:func:`walk` over pages ``lo:hi`` of ``ps`` (page indices in the result are global)."""
     u32 = ps.buf[: len(ps.buf) // 4 * 4].view(L.order(np.dtype("<u4"), big))
     starts = ps.starts[lo:hi]
@@ -185,11 +196,13 @@ def _walk_range(ps: PageSet, lo: int, hi: int, page_size: int, long_size: int, b
     off = dstart[p]
     end = off + size[p]
     cur = ts[p]
+    nth = np.zeros(p.size, np.int32)  # records of each live page written so far: the next one's index in its page
     # every step advances each live page by at least one 4-byte header, so a page yields at most size/4 records:
     # the outputs are written in place into arrays of that bound (untouched pages of np.empty cost no memory),
     # instead of hundreds of per-step pieces that fragment the heap and are concatenated at the end
     cap = int(size[p].sum()) // 4 + 1
     out_page = np.empty(cap, np.int32)
+    out_nth = np.empty(cap, np.int32)
     out_data = np.empty(cap, np.int64)
     out_len = np.empty(cap, np.int32)
     out_ts = np.empty(cap, np.uint64)
@@ -238,28 +251,42 @@ def _walk_range(ps: PageSet, lo: int, hi: int, page_size: int, long_size: int, b
             ok = is_ev & ~broken
         else:
             ok = is_ev
-        sel = np.flatnonzero(ok)
-        m = sel.size
-        np.add(p[sel], lo, out=out_page[k:k + m], casting="unsafe")
-        np.take(doff, sel, out=out_data[k:k + m])
-        out_len[k:k + m] = dlen[sel]
-        np.take(cur, sel, out=out_ts[k:k + m])
+        if rare.size or broken is not None:
+            sel = np.flatnonzero(ok)
+            m = sel.size
+            np.add(p[sel], lo, out=out_page[k:k + m], casting="unsafe")
+            np.take(doff, sel, out=out_data[k:k + m])
+            out_len[k:k + m] = dlen[sel]
+            np.take(cur, sel, out=out_ts[k:k + m])
+            np.take(nth, sel, out=out_nth[k:k + m])
+            nth += ok
+        else:  # every live page read a data record: copied as they are
+            m = p.size
+            np.add(p, lo, out=out_page[k:k + m], casting="unsafe")
+            out_data[k:k + m] = doff
+            out_len[k:k + m] = dlen
+            out_ts[k:k + m] = cur
+            out_nth[k:k + m] = nth
+            nth += 1
         k += m
         keep = nxt < end
         if broken is not None:
             keep &= ~broken
-        p, off, end, cur = p[keep], nxt[keep], end[keep], cur[keep]
-    page, data, length, rts = out_page[:k], out_data[:k], out_len[:k], out_ts[:k]
-    del out_page, out_data, out_len, out_ts  # the views keep them alive until the page-order gathers below
+        p, off, end, cur, nth = p[keep], nxt[keep], end[keep], cur[keep], nth[keep]
+    page, data, length, rts, nth = out_page[:k], out_data[:k], out_len[:k], out_ts[:k], out_nth[:k]
+    del out_page, out_data, out_len, out_ts, out_nth  # the views keep them alive until the page-order moves below
     if reason:
         drop = bad[page - lo]
-        page, data, length, rts = page[~drop], data[~drop], length[~drop], rts[~drop]
-    order = np.argsort(page, kind="stable")
-    page = page[order]
-    data = data[order]
-    length = length[order]
-    rts = rts[order]
-    del order
+        page, data, length, rts, nth = page[~drop], data[~drop], length[~drop], rts[~drop], nth[~drop]
+    if page_order:
+        # without a sort: a record's place is its page's first place plus its index in the page
+        local = page - lo
+        counts = np.bincount(local, minlength=hi - lo)
+        at = (np.cumsum(counts) - counts)[local] + nth
+        del local, counts
+        page, data, length, rts = (_placed(x, at) for x in (page, data, length, rts))
+        del at
+    del nth
     damage = [_page_error(ps, i + lo, page_size, path, "a valid ring-buffer page", r)
               for i, r in sorted(reason.items())]
     lost[bad] = 0

@@ -77,12 +77,13 @@ def gather_events(u32: np.ndarray, release: Callable[[int, int], None], starts: 
             whose records have all been copied (pages without records: at once).
         starts, ends: byte range of every ring-buffer page in the buffer.
         data, length, ts, page, ids: per record: payload byte offset, payload bytes, Int64 ns, page index,
-            event id (records whose id is not in ``fmts`` are skipped).
+            event id (records whose id is not in ``fmts`` are skipped); a page's records in ring order, pages in
+            any order.
 
     Returns:
         The chunks of every event id, rows in time order.
     """
-    order = np.argsort(ts, kind="stable")
+    order = _time_order(ts, page)
     left = np.bincount(page, minlength=len(starts))
     done = left == 0
     _release_runs(np.flatnonzero(done), starts, ends, release)
@@ -104,6 +105,27 @@ def gather_events(u32: np.ndarray, release: Callable[[int, int], None], starts: 
         done |= now
         _release_runs(np.flatnonzero(now), starts, ends, release)
     return {eid: _join(chunks) for eid, chunks in out.items()}
+
+
+def _time_order(ts: np.ndarray, page: np.ndarray) -> np.ndarray:
+    """Record indices by time; equal times by page (buffer, CPU, then ring order), then by index.
+
+    The records come as the page walk gives them (a page's own records in ring order, but not page after page),
+    so equal times are put in page order afterwards: they are few.
+    """
+    order = np.argsort(ts, kind="stable")
+    t = ts[order]
+    eq = t[1:] == t[:-1]
+    del t
+    if eq.any():
+        tied = np.zeros(len(order), bool)
+        tied[1:] = eq
+        tied[:-1] |= eq
+        at = np.flatnonzero(tied)
+        group = np.cumsum(~np.r_[False, eq][at])  # a new group where a tied row does not equal the one before
+        members = order[at]
+        order[at] = members[np.lexsort((members, page[members], group))]
+    return order
 
 
 def _release_runs(pages: np.ndarray, starts: np.ndarray, ends: np.ndarray, release) -> None:
@@ -186,7 +208,10 @@ def _join(chunks: list[Chunk]) -> list[Chunk]:
 def page_buffer(size: int) -> tuple[np.ndarray, Callable[[int, int], None]]:
     """A zeroed uint8 buffer of ``size`` bytes (an anonymous memory map) and its ``release(lo, hi)``, which gives
     the whole OS pages inside bytes ``lo:hi`` back (they read as zeros afterwards)."""
-    mm = mmap.mmap(-1, max(size, 1))
+    # private: a shared anonymous map would keep released pages alive in its shmem object
+    mm = mmap.mmap(-1, max(size, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        mm.madvise(mmap.MADV_HUGEPAGE)  # 2 MiB pages where the kernel allows: far fewer page faults filling it
     buf = np.frombuffer(mm, np.uint8, count=size)
 
     def release(lo: int, hi: int) -> None:

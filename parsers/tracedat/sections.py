@@ -406,12 +406,13 @@ def cpu_chunks(b: Blob, info: FileInfo, buf: Buffer, cpu: CpuData) -> list[tuple
     return chunks
 
 
-def _zstd_into(raw: bytes, dest: np.ndarray, path: str, off: int) -> None:
-    """Decompress one zstd chunk straight into ``dest``, which it must fill exactly."""
+def _zstd_into(raw: bytes, dest: np.ndarray, path: str, off: int, dctx=None) -> None:
+    """Decompress one zstd chunk straight into ``dest``, which it must fill exactly (``dctx``: a decompressor
+    to reuse; one per chunk costs a context allocation each)."""
     mv = memoryview(dest)
     got = 0
     try:
-        with zstandard.ZstdDecompressor().stream_reader(raw) as r:
+        with (dctx or zstandard.ZstdDecompressor()).stream_reader(raw) as r:
             while got < len(dest):
                 n = r.readinto(mv[got:])
                 if not n:
@@ -435,6 +436,7 @@ def fill_chunks(b: Blob, info: FileInfo, chunks: list[tuple[int, int, int]], des
         ParseError: a compressed chunk is damaged.
     """
     pos = 0
+    dctx = zstandard.ZstdDecompressor() if compressed and info.compression == "zstd" else None
     for off, csize, usize in chunks:
         if not compressed:
             # in slices, each dropped from the map once copied: the map never holds more than one slice
@@ -443,7 +445,7 @@ def fill_chunks(b: Blob, info: FileInfo, chunks: list[tuple[int, int, int]], des
                 dest[pos + at:pos + at + n] = np.frombuffer(b.data, np.uint8, count=n, offset=off + at)
                 _unmap(b.data, off + at, n)
         elif info.compression == "zstd":
-            _zstd_into(b.take(off, csize, "a compressed chunk"), dest[pos:pos + usize], b.path, off - 8)
+            _zstd_into(b.take(off, csize, "a compressed chunk"), dest[pos:pos + usize], b.path, off - 8, dctx)
         else:
             out = decompress(info.compression, b.take(off, csize, "a compressed chunk"), usize, b.path, off - 8)
             dest[pos:pos + usize] = np.frombuffer(out, np.uint8)
