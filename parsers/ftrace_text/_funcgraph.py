@@ -21,15 +21,15 @@ Both indent the call by 2 + 2 × depth blanks after the ``|``. Values derived, i
 gives for these events: ``func_sym`` (the name as printed; ``func`` only when the text prints an address or the
 kallsyms of ``formats=`` names it), ``depth``, and for exits ``calltime``/``rettime`` in ns: a leaf line starts at its
 timestamp and lasts its duration; a ``}`` line ends at its timestamp and started its duration earlier. A ``}``
-takes the name of the open ``{`` of the same depth of the same task (same CPU when the task is unknown) above it;
-each ``{`` closes once. Without a time column (tracefs without ``funcgraph-abstime``/``-reltime``) the times stay
+takes the name of the open ``{`` of the same depth of the same task (same CPU when the task is unknown) above it,
+unless a line of the task at a smaller depth lies between (that ``{`` lost its ``}``); each ``{`` closes once. Without a time column (tracefs without ``funcgraph-abstime``/``-reltime``) the times stay
 null. A tracefs task is its ``funcgraph-proc`` column, else the last context switch to it on that CPU.
 
 Rows of these events in ``trace-cmd report -R`` (``func=NAME depth=…``) or ``-N`` (their print fmt, ``<-- NAME
 (depth) (start: …``) are read by the print-fmt inversion; only their name is taken here, into ``func_sym``.
 
 Everything is column-wise: literal string operations (split at the ``|``, prefix/suffix tests), one regex
-extraction per tracefs line, forward/backward fills per CPU, one as-of join of closes to opens.
+extraction per tracefs line, forward/backward fills per CPU, one as-of join of closes to opens per depth.
 """
 
 from __future__ import annotations
@@ -234,15 +234,25 @@ def _frames(graph: pl.DataFrame, formats: dict[str, EventFormat], long_size: int
     """Entry and exit frames of the graph rows (see the module docstring)."""
     task = pl.coalesce(pl.col("pid").cast(pl.Int64), -1 - pl.col("cpu").cast(pl.Int64).fill_null(0))
     g = graph.filter(pl.col("kind") != "named").with_columns(task.alias("_task"), pl.col("line_no").cast(pl.Int64))
-    opens = (g.filter(pl.col("kind") == "open").select("_task", "depth", pl.col("line_no").alias("_open"),
-                                                       pl.col("name").alias("_open_name")).sort("_open"))
-    closes = g.filter(pl.col("kind") == "close").sort("line_no")
-    closes = closes.join_asof(opens, left_on="line_no", right_on="_open", by=["_task", "depth"],
-                              strategy="backward", check_sortedness=False)
-    # an open closes once: a later "}" of the same depth whose own "{" was not printed gets no name from it
-    first = pl.col("_open").is_first_distinct() | pl.col("_open").is_null()
-    closes = closes.with_columns(pl.coalesce("name", pl.when(first).then(pl.col("_open_name"))).alias("name")) \
-        .drop("_open", "_open_name")
+    closes = g.filter(pl.col("kind") == "close")
+    pairs = []
+    # one pass per depth that has a nameless "}" (a handful), each over whole columns: the "{" of a "}" at depth d
+    # is the task's last "{" at depth d with no line of the task at a smaller depth in between (its caller
+    # returned: that "{" lost its "}")
+    for d in closes.filter(pl.col("name").is_null())["depth"].drop_nulls().unique().to_list():
+        gd = g.with_columns((pl.col("depth") < d).cast(pl.Int32).cum_sum().over("_task").alias("_epoch"))
+        at = (pl.col("depth") == d)
+        o = gd.filter(at & (pl.col("kind") == "open")).select("_task", "_epoch", pl.col("line_no").alias("_open"),
+                                                              pl.col("name").alias("_open_name"))
+        c = gd.filter(at & (pl.col("kind") == "close")).select("line_no", "_task", "_epoch")
+        pairs.append(c.join_asof(o, left_on="line_no", right_on="_open", by=["_task", "_epoch"],
+                                 strategy="backward", check_sortedness=False))
+    if pairs:
+        # an open closes once: a later "}" whose own "{" was not printed gets no name from it
+        p = pl.concat(pairs).sort("line_no")
+        p = p.filter(pl.col("_open").is_not_null() & pl.col("_open").is_first_distinct())
+        closes = closes.join(p.select("line_no", "_open_name"), on="line_no", how="left", maintain_order="left") \
+            .with_columns(pl.coalesce("name", "_open_name").alias("name")).drop("_open_name")
     leaf = g.filter(pl.col("kind") == "leaf")
     ent = g.filter(pl.col("kind").is_in(["open", "leaf"]))
     exits = pl.concat([

@@ -199,3 +199,19 @@ def test_damaged_duration_gives_null_calltime(tmp_path):
     ex = tracekit.load(p).events("funcgraph_exit")
     assert ex["calltime"].to_list() == [None] and ex["rettime"].to_list() == [3_000]
     assert ex["func_sym"].to_list() == ["perf_ioctl"]
+
+
+def test_lost_close_does_not_name_a_later_one(tmp_path):
+    """trace-cmd text where ``inner``'s ``}`` was lost and ``other``'s ``{`` too: the ``}`` at depth 1 under
+    ``second`` is not ``inner``'s (``first`` returned in between), so it stays nameless."""
+    head = "  perf-6001  [000]     5.{:06d}: {}:"
+    lines = [("funcgraph_entry", "                   |  first() {"),
+             ("funcgraph_entry", "                   |    inner() {"),
+             ("funcgraph_exit", "         9.000 us   |  }"),
+             ("funcgraph_entry", "                   |  second() {"),
+             ("funcgraph_exit", "         2.000 us   |    }"),
+             ("funcgraph_exit", "         4.000 us   |  }")]
+    p = tmp_path / "lost.txt"
+    p.write_text("cpus=1\n" + "".join(head.format(10 * i, ev) + info + "\n" for i, (ev, info) in enumerate(lines)))
+    ex = tracekit.load(p).events("funcgraph_exit")
+    assert ex["func_sym"].to_list() == ["first", None, "second"]
