@@ -29,28 +29,29 @@ def mix(v: np.ndarray) -> np.ndarray:
 
 
 def first_and_inverse(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(h, return_index=True, return_inverse=True)[1:]`` with one unstable sort (first occurrences are
-    found by a reversed scatter, not a stable sort)."""
-    if not len(h):
+    """Group equal hashes: ``(first, inv)``, the first index of each group and each index's group.
+
+    One plain sort of the hashes with each index packed into their low bits (numpy's SIMD sort; its argsort has
+    none): the packing drops that many low hash bits, so distinct hashes may share a group, which the caller's
+    exact check undoes."""
+    n = len(h)
+    if not n:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    perm = np.argsort(h)
-    s = h[perm]
-    new = np.empty(len(h), dtype=bool)
+    bits = np.uint64(max(1, (n - 1).bit_length()))
+    low = np.uint64((1 << int(bits)) - 1)
+    packed = h & ~low
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    perm = (packed & low).astype(np.int64)
+    packed >>= bits
+    new = np.empty(n, dtype=bool)
     new[0] = True
-    np.not_equal(s[1:], s[:-1], out=new[1:])
+    np.not_equal(packed[1:], packed[:-1], out=new[1:])
     rank = np.cumsum(new) - 1
-    inv = np.empty(len(h), dtype=np.int64)
+    inv = np.empty(n, dtype=np.int64)
     inv[perm] = rank
-    first = np.empty(int(rank[-1]) + 1, dtype=np.int64)
-    first[inv[::-1]] = np.arange(len(h) - 1, -1, -1, dtype=np.int64)  # the last write per slot is the first row
+    first = perm[new]  # equal keys are ordered by index: each group's first index comes first
     return first, inv
-
-
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(s, s + c) for s, c in zip(starts, counts)])`` without the loop."""
-    ends = np.cumsum(counts)
-    total = int(ends[-1]) if len(ends) else 0
-    return np.repeat(starts - (ends - counts), counts) + np.arange(total, dtype=np.int64)
 
 
 def distinct_stacks(flat: np.ndarray, offs: np.ndarray, pid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -58,43 +59,39 @@ def distinct_stacks(flat: np.ndarray, offs: np.ndarray, pid: np.ndarray) -> tupl
 
     Stack ``i`` is ``flat[offs[i]:offs[i + 1]]``; stacks holding user addresses are told apart by ``pid`` as
     well (kernel-only stacks are shared by all processes). Groups come from a 64-bit hash of each stack (sums of a
-    mixed value per frame, plain and weighted by depth), and every sample is then compared frame by frame with its
-    group's first: a sample whose stack differs (a hash collision) gets a group of its own.
+    mixed value per frame, plain and weighted by distance to the stack's end), and every sample is then compared
+    frame by frame with its group's first: a sample whose stack differs (a collision) gets a group of its own.
     """
     n = len(offs) - 1
     cnt = np.diff(offs)
     nonempty = cnt > 0
-    lo = offs[:-1][nonempty]
     has_user = np.zeros(n, dtype=bool)
     if len(flat):
-        has_user[nonempty] = np.logical_or.reduceat(flat < KERNEL_START, lo)
+        has_user[nonempty] = np.minimum.reduceat(flat, offs[:-1][nonempty]) < KERNEL_START
     rowpid = np.where(has_user, np.asarray(pid).astype(np.int64), -1).astype(np.uint64)
+    lo, hi = offs[:-1], offs[1:]
     with np.errstate(over="ignore"):
-        g = flat * _MIX2
+        cs = np.empty(len(flat) + 1, dtype=np.uint64)
+        cs[0] = 0
+        g = cs[1:]
+        np.multiply(flat, _MIX2, out=g)
         g ^= g >> np.uint64(29)
-        cs = np.zeros(len(flat) + 1, dtype=np.uint64)
-        np.cumsum(g, out=cs[1:])
-        s1 = cs[offs[1:]] - cs[offs[:-1]]
-        w = np.arange(len(flat), dtype=np.uint64)
-        w *= g
-        del g
-        np.cumsum(w, out=cs[1:])
-        del w
-        # sum of g * depth = sum of g * global index - first index * sum of g
-        s2 = cs[offs[1:]] - cs[offs[:-1]] - offs[:-1].astype(np.uint64) * s1
+        np.cumsum(cs, out=cs)  # prefix sums P of the mixed frames
+        p_lo = cs[lo]
+        s1 = cs[hi] - p_lo
+        np.cumsum(cs, out=cs)  # prefix sums Q of P: Q[hi] - Q[lo] - cnt * P[lo] = sum of g * (hi - index)
+        s2 = cs[hi] - cs[lo] - cnt.astype(np.uint64) * p_lo
         h = mix(s1 ^ mix(s2 + _MIX1)) ^ mix(rowpid * _MIX1 + cnt.astype(np.uint64))
-    del cs
+    del cs, g
     first, inv = first_and_inverse(h)
     rep = first[inv]
     bad = (cnt[rep] != cnt) | (rowpid[rep] != rowpid)
-    check = np.flatnonzero((rep != np.arange(n)) & ~bad & nonempty)  # the group's first equals itself
-    if len(check):
-        c = cnt[check]
-        mine = _ranges(offs[check], c)
-        theirs = mine + np.repeat(offs[rep[check]] - offs[check], c)
-        diff = np.flatnonzero(flat[mine] != flat[theirs])
+    if len(flat):  # every frame against the same frame of its group's first stack (which is itself for a first)
+        theirs = np.repeat(np.where(bad, 0, offs[:-1][rep] - offs[:-1]), cnt)
+        theirs += np.arange(len(flat), dtype=np.int64)
+        diff = np.flatnonzero(flat[theirs] != flat)
         if len(diff):
-            bad[check[np.searchsorted(np.cumsum(c), diff, side="right")]] = True
+            bad[np.searchsorted(offs, diff, side="right") - 1] = True
     if bad.any():
         own = np.flatnonzero(bad)
         inv[own] = len(first) + np.arange(len(own))

@@ -407,8 +407,8 @@ class Symbolizer:
                 flats.append(ips)
                 counts.append(np.diff(offs))
             # the sample addresses are named in the same pass as the stacks' (most are their first frame)
-            *chains, sym, dso = self._callchains(np.concatenate(flats), np.concatenate(counts), pid0, order,
-                                                 (pid, ip, kern))
+            flat, cnt = (flats[0], counts[0]) if len(flats) == 1 else (np.concatenate(flats), np.concatenate(counts))
+            *chains, sym, dso = self._callchains(flat, cnt, pid0, order, (pid, ip, kern))
             df = df.drop("_cc_part", "_cc_n")
         else:
             sym, dso = self.resolve(pid, ip, kern)
@@ -488,7 +488,10 @@ class Symbolizer:
             fk = (self.fork.select(pl.col("tid").cast(pl.Int32), pl.col("ptid").cast(pl.Int32),
                                    pl.col("time").cast(pl.Int64).alias("_ftime")).unique("tid", keep="last"))
             miss = np.nonzero(got < 0)[0]
-            anc = pl.DataFrame({"_row": miss.astype(np.int64), "_anc": df["tid"].to_numpy()[miss]})
+            # the answer depends on the thread only (its fork time), so it is searched once per distinct thread
+            mtid, minv = _factorize_small(df["tid"].to_numpy()[miss].astype(np.int64))
+            tgot = np.full(len(mtid), -1, dtype=np.int64)
+            anc = pl.DataFrame({"_row": np.arange(len(mtid), dtype=np.int64), "_anc": mtid.astype(np.int32)})
             for _ in range(16):
                 anc = anc.join(fk, left_on="_anc", right_on="tid", how="inner")
                 if not anc.height:
@@ -497,15 +500,16 @@ class Symbolizer:
                 hit = look.join_asof(cc, on="_cts", by="tid", strategy="backward", check_sortedness=False)
                 found = hit.filter(pl.col("_code").is_not_null())
                 rows = found["_row"].to_numpy()
-                first = rows[got[rows] < 0]
-                got[first] = found.filter(pl.Series(got[rows] < 0))["_code"].to_numpy()
+                first = rows[tgot[rows] < 0]
+                tgot[first] = found.filter(pl.Series(tgot[rows] < 0))["_code"].to_numpy()
                 anc = hit.filter(pl.col("_code").is_null()).select("_row", pl.col("tid").alias("_anc"))
+            got[miss] = tgot[minv]
         # no comm found: swapper for pid 0, else ":tid" as perf prints (named once per distinct tid)
         miss = got < 0
         pid = df["pid"].to_numpy() if "pid" in df.columns else np.full(n, -1, dtype=np.int32)
         got[miss & (pid == 0)] = len(names)
         other = miss & (pid != 0)
-        utid, tinv = np.unique(df["tid"].to_numpy()[other], return_inverse=True)
+        utid, tinv = _factorize_small(df["tid"].to_numpy()[other].astype(np.int64))
         got[other] = len(names) + 1 + tinv
         table = np.concatenate([names, np.array(["swapper"] + [f":{t}" for t in utid.tolist()], dtype=object)])
         return df.with_columns(pl.Series("comm", table, dtype=pl.String).gather(pl.Series(got)))
