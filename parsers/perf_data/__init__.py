@@ -331,11 +331,12 @@ class _Reader:
         # all events are symbolised together: their stacks overlap (cpu-clock and task-clock sample the same code)
         own: dict[str, list[str]] = {}
         tagged = []
-        for name, parts in per_event.items():
+        names = list(per_event)
+        for code, (name, parts) in enumerate(per_event.items()):
             cols: list[str] = []
             for part in parts:
                 cols += [c for c in part.columns if c not in cols]
-                tagged.append(part.with_columns(pl.lit(name).alias("_event")))
+                tagged.append(part.with_columns(pl.lit(code, dtype=pl.Int32).alias("_event")))
             own[name] = cols
         frames: dict[str, pl.DataFrame] = {}
         if tagged:
@@ -343,7 +344,8 @@ class _Reader:
             made = ("comm", "sym", "dso", "callchain", "callchain_ip")
             runs = (merged.select("_event").with_row_index("_i").group_by("_event", maintain_order=True)
                     .agg(pl.col("_i").min().alias("start"), pl.len().alias("n")))
-            for name, start, count in runs.iter_rows():  # each event is one contiguous, time-ordered run
+            for code, start, count in runs.iter_rows():  # each event is one contiguous, time-ordered run
+                name = names[code]
                 keep = [c for c in merged.columns if c in own[name] or c in made]
                 frames[name] = merged.slice(start, count).select(keep)
             frames = {name: frames[name] for name in per_event if name in frames}
@@ -465,16 +467,20 @@ def _proc_kallsyms() -> Kallsyms:
 
 
 def _parse_proc_kallsyms() -> Kallsyms:
-    """/proc/kallsyms (``ADDR TYPE NAME[\t[MODULE]]`` lines), split column-wise by Polars."""
-    with open("/proc/kallsyms", errors="replace") as f:
-        lines = pl.Series("l", f.read().splitlines())
-    g = lines.str.split_exact(" ", 2).struct.unnest()
-    rest = g["field_2"].str.split_exact("\t", 1).struct.unnest()
-    addrs = g["field_0"].str.to_integer(base=16, dtype=pl.UInt64, strict=False)
-    ok = addrs.is_not_null() & rest["field_0"].is_not_null() & g["field_1"].is_not_null()
+    """/proc/kallsyms (``ADDR TYPE NAME[\t[MODULE]]`` lines), split into columns by Polars' CSV reader."""
+    with open("/proc/kallsyms", "rb") as f:
+        data = f.read()
+    if not data.strip():
+        return Kallsyms(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=object))
+    g = pl.read_csv(data, separator=" ", has_header=False, quote_char=None, new_columns=["a", "t", "r"],
+                    schema={"a": pl.String, "t": pl.String, "r": pl.String}, truncate_ragged_lines=True,
+                    encoding="utf8-lossy")
+    rest = g["r"].str.split_exact("\t", 1).struct.unnest()
+    addrs = g["a"].str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+    ok = addrs.is_not_null() & rest["field_0"].is_not_null() & g["t"].is_not_null()
     mods = rest["field_1"].str.strip_chars("[] ").fill_null("")
     return Kallsyms(addrs.filter(ok).to_numpy(), rest["field_0"].filter(ok).to_numpy(),
-                    g["field_1"].filter(ok).to_numpy(), mods.filter(ok).to_numpy())
+                    g["t"].filter(ok).to_numpy(), mods.filter(ok).to_numpy())
 
 
 def read(path: str | os.PathLike, *, kallsyms=None, progress: Callable[[int, int], None] | None = None,

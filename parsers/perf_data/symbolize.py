@@ -236,6 +236,18 @@ def clear_caches() -> None:
     _ELF_CACHE.clear()
 
 
+def _take(df: pl.DataFrame, order: np.ndarray) -> pl.DataFrame:
+    """``df[order]``, numeric columns without nulls gathered by numpy (its large arrays get huge pages, and Polars
+    takes them without a copy), the others by Polars."""
+    cols = []
+    for c in df.get_columns():
+        if c.dtype.is_numeric() and not c.has_nulls():
+            cols.append(pl.Series(c.name, c.to_numpy()[order], dtype=c.dtype))
+        else:
+            cols.append(c.gather(order))
+    return pl.DataFrame(cols)
+
+
 class Symbolizer:
     """Names addresses of one recording."""
 
@@ -390,8 +402,9 @@ class Symbolizer:
         df = pl.concat(parts, how="diagonal_relaxed")
         n = df.height
         if "ts" in df.columns and "_event" in df.columns:  # rows grouped by event, each group in time order
-            ev = df["_event"].rank("dense").to_numpy()
-            order = np.lexsort((df["ts"].to_numpy(), ev))
+            ev = df["_event"].to_numpy()
+            ts = df["ts"].to_numpy()
+            order = np.argsort(ts, kind="stable") if not n or (ev == ev[0]).all() else np.lexsort((ts, ev))
         elif "ts" in df.columns:
             order = np.argsort(df["ts"].to_numpy(), kind="stable")
         else:
@@ -412,7 +425,7 @@ class Symbolizer:
             df = df.drop("_cc_part", "_cc_n")
         else:
             sym, dso = self.resolve(pid, ip, kern)
-        df = df[order] if n else df
+        df = _take(df, order) if n else df
         df = df.with_columns(sym.alias("sym"), dso.alias("dso"))
         if chains is not None:
             df = df.with_columns(*chains)
@@ -440,13 +453,25 @@ class Symbolizer:
         uflat, ucnt, ukern, dropped = strip_context(flat[take], uoffs)  # PERF_CONTEXT_* out, as perf script prints
         self.invalid_callchains += int(dropped[inv].sum())
         upid = np.repeat(np.asarray(pid, dtype=np.int64)[first], ucnt)
-        epid, eip, ekern = extra
+        epid, eip, ekern = (np.asarray(a) for a in extra)
+        # a sample's address is mostly its stack's first frame: that frame's name serves (same address, same side
+        # of the kernel boundary, same process class); the others are named in the same pass as the frames
+        g = inv[order]
+        lead = np.zeros(len(first) + 1, dtype=np.int64)
+        np.cumsum(ucnt, out=lead[1:])
+        at = np.minimum(lead[:-1][g], max(len(uflat) - 1, 0))
+        same = ucnt[g] > 0
+        if len(uflat):
+            same &= (uflat[at] == eip) & (ukern[at] == ekern)
+        other = np.flatnonzero(~same)
         m = len(uflat)
-        codes, syms, dsos = self._codes(np.concatenate([upid, np.asarray(epid, np.int64)]),
-                                        np.concatenate([uflat, np.asarray(eip, dtype=np.uint64)]),
-                                        np.concatenate([ukern, ekern]))
+        codes, syms, dsos = self._codes(np.concatenate([upid, epid[other].astype(np.int64)]),
+                                        np.concatenate([uflat, eip[other].astype(np.uint64)]),
+                                        np.concatenate([ukern, ekern[other]]))
         usym = syms.gather(pl.Series(codes[:m]))
-        ecodes = pl.Series(codes[m:])
+        ec = codes[np.where(same, at, 0)] if m else np.zeros(len(g), dtype=np.int64)
+        ec[other] = codes[m:]
+        ecodes = pl.Series(ec)
         urow = pl.Series("row", np.repeat(np.arange(len(first), dtype=np.int64), ucnt)).set_sorted()  # sorted fast path
         lists = (pl.DataFrame({"row": urow, "callchain": usym, "callchain_ip": pl.Series(uflat, dtype=pl.UInt64)})
                  .group_by("row", maintain_order=True).agg("callchain", "callchain_ip"))
