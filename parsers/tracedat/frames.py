@@ -10,6 +10,8 @@ cmdlines) and every field of the event's format (:mod:`.fields`). Two sources of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +21,7 @@ from tracekit.formats import EventFormat
 from tracekit.symbols import Kallsyms
 
 from .fields import Payloads, event_columns
-from .records import EventRecords, record_width
+from .records import Chunk, EventRecords, record_width
 
 _RESERVED = ("ts", "cpu", "buffer")
 _PID_CHUNK = 1 << 20
@@ -43,21 +45,35 @@ class _State:
     comm_lookup: tuple | None = None
 
 
-def frame_from_records(st: _State, fmt: EventFormat, rec: EventRecords) -> pl.DataFrame:
-    """The event's frame, built chunk by chunk; each chunk is dropped from ``rec`` once its rows are built."""
-    pieces = []
-    while rec.chunks:
-        c = rec.chunks.pop(0)
+def frame_from_records(st: _State, fmt: EventFormat, rec: EventRecords, threads: int = 2) -> pl.DataFrame:
+    """The event's frame, built chunk by chunk (``threads`` chunks at a time: numpy and Polars release the GIL);
+    each chunk is dropped from ``rec`` as soon as its rows are built."""
+    if st.comm_lookup is None:
+        st.comm_lookup = _comm_lookup(st.pids, st.comms)
+
+    def one(c: Chunk) -> pl.DataFrame:
         if c.offsets is None:
             p = Payloads.from_block(c.words, c.length, st.big, st.long_size)
         else:
             p = Payloads(c.words.view(np.uint8), c.offsets, c.length, st.big, st.long_size,
                          record_width(fmt, int(c.length.max())))
         c.words = None
-        pieces.append(_piece(st, fmt, p, c.ts, rec.page_cpu[c.page], rec.page_group[c.page]))
-        del p, c
+        return _piece(st, fmt, p, c.ts, rec.page_cpu[c.page], rec.page_group[c.page])
+
+    chunks, rec.chunks = rec.chunks, []
+    if threads > 1 and len(chunks) > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            # the list gives each chunk up as it is handed over: a built chunk is not kept alive by it
+            pieces = list(pool.map(one, _drain(chunks)))
+    else:
+        pieces = [one(c) for c in _drain(chunks)]
     df = pieces[0] if len(pieces) == 1 else pl.concat(pieces, how="vertical", rechunk=False)
     return _finish(st, fmt, df)
+
+
+def _drain(chunks: list) -> Iterator:
+    while chunks:
+        yield chunks.pop(0)
 
 
 def _frame(st: _State, fmt: EventFormat, data: np.ndarray, length: np.ndarray, ts: np.ndarray, cpu: np.ndarray,
