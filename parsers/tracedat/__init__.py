@@ -36,7 +36,7 @@ from .frames import (
     _State,
     frame_from_records,
 )
-from .pages import Records, build_pageset, pageset_bytes, walk
+from .pages import build_pageset, pageset_bytes, walk
 from .records import EventRecords, gather_events, page_buffer
 from .sections import Blob, FileInfo, cpu_chunks, fill_chunks, read_info
 
@@ -268,18 +268,15 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
     pages = []
     for (page_size, parts), n in zip(plans, room, strict=True):
         ps = build_pageset(parts, page_size, path, damage, fill, buf[base:])
-        recs = walk(ps, page_size, long_size, info.big_endian, path, page_order=False)
+        recs = walk(ps, page_size, long_size, info.big_endian, path)
         damage.extend(recs.damage)
         if base:
             recs.data += base
         cols.append((recs.data, recs.length, _to_ns(recs.ts, md), recs.page + npages if npages else recs.page))
         pages.append((ps.starts + base, ps.starts + base + page_size, ps.cpu, ps.group))
         lost_rows.append((ps.cpu, ps.group, recs.lost))
-        if recs.lost.any():  # the marks want page order
-            srt = np.argsort(recs.page, kind="stable")
-            marks.append(_lost_marks(ps, Records(recs.page[srt], None, None, recs.ts[srt], recs.lost, []), md,
-                                     info.big_endian))
-            del srt
+        if recs.lost.any():
+            marks.append(_lost_marks(ps, recs, md, info.big_endian))
         npages += len(ps.starts)
         del recs, ps
         base += n

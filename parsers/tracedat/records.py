@@ -77,13 +77,12 @@ def gather_events(u32: np.ndarray, release: Callable[[int, int], None], starts: 
             whose records have all been copied (pages without records: at once).
         starts, ends: byte range of every ring-buffer page in the buffer.
         data, length, ts, page, ids: per record: payload byte offset, payload bytes, Int64 ns, page index,
-            event id (records whose id is not in ``fmts`` are skipped); a page's records in ring order, pages in
-            any order.
+            event id (records whose id is not in ``fmts`` are skipped); in page order, a page's in ring order.
 
     Returns:
         The chunks of every event id, rows in time order.
     """
-    order = _time_order(ts, page)
+    order = np.argsort(ts, kind="stable")  # ties keep the input's page (buffer, CPU) and ring order
     left = np.bincount(page, minlength=len(starts))
     done = left == 0
     _release_runs(np.flatnonzero(done), starts, ends, release)
@@ -105,27 +104,6 @@ def gather_events(u32: np.ndarray, release: Callable[[int, int], None], starts: 
         done |= now
         _release_runs(np.flatnonzero(now), starts, ends, release)
     return {eid: _join(chunks) for eid, chunks in out.items()}
-
-
-def _time_order(ts: np.ndarray, page: np.ndarray) -> np.ndarray:
-    """Record indices by time; equal times by page (buffer, CPU, then ring order), then by index.
-
-    The records come as the page walk gives them (a page's own records in ring order, but not page after page),
-    so equal times are put in page order afterwards: they are few.
-    """
-    order = np.argsort(ts, kind="stable")
-    t = ts[order]
-    eq = t[1:] == t[:-1]
-    del t
-    if eq.any():
-        tied = np.zeros(len(order), bool)
-        tied[1:] = eq
-        tied[:-1] |= eq
-        at = np.flatnonzero(tied)
-        group = np.cumsum(~np.r_[False, eq][at])  # a new group where a tied row does not equal the one before
-        members = order[at]
-        order[at] = members[np.lexsort((members, page[members], group))]
-    return order
 
 
 def _release_runs(pages: np.ndarray, starts: np.ndarray, ends: np.ndarray, release) -> None:
