@@ -10,6 +10,7 @@ the record walk and non-sample tables in :mod:`.records`, sample decoding in :mo
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,11 +44,44 @@ def sniff(head: bytes) -> bool:
     return head[:8] in (L.MAGIC, L.MAGIC_SWAPPED)
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ParseError(path, None, "a readable file", exc.strerror) from exc
+class _File:
+    """A file read once into a numpy buffer followed by ``R._PAD`` zero bytes: large buffers get huge pages, and
+    the record stream is a view of it (no second copy). Slices give bytes, for the header and feature parsers."""
+
+    def __init__(self, path: Path):
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if stat.S_ISREG(st.st_mode):
+                    buf = np.empty(st.st_size + R._PAD, dtype=np.uint8)
+                    mv, n = memoryview(buf), 0
+                    while n < st.st_size:
+                        k = f.readinto(mv[n:st.st_size])
+                        if not k:
+                            break
+                        n += k
+                else:  # a pipe or device: no size to read into
+                    raw = f.read()
+                    n = len(raw)
+                    buf = np.empty(n + R._PAD, dtype=np.uint8)
+                    buf[:n] = np.frombuffer(raw, dtype=np.uint8)
+        except OSError as exc:
+            raise ParseError(path, None, "a readable file", exc.strerror) from exc
+        buf[n:] = 0
+        self.buf, self.n = buf, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, k: slice) -> bytes:
+        return bytes(memoryview(self.buf)[: self.n][k])
+
+    def stream(self, start: int, end: int, path: Path, base: int, big: bool) -> R.Stream:
+        """The records in ``[start, end)`` as a view; the padding after them is zeroed in place, so call this only
+        once the bytes after ``end`` (feature sections) have been parsed."""
+        end = max(start, min(end, self.n))
+        self.buf[end:end + R._PAD] = 0
+        return R.Stream(self.buf[start:end + R._PAD], os.fspath(path), base, big)
 
 
 class _Reader:
@@ -68,7 +102,7 @@ class _Reader:
     def open(self) -> None:
         p = self.path
         main = p / "data" if p.is_dir() else p
-        data = _read_bytes(main)
+        data = _File(main)
         if len(data) < 16:
             raise TruncatedError(main, 0, "a perf.data header (16 bytes at least)", f"{len(data)} bytes")
         if data[:8] == L.MAGIC:
@@ -82,7 +116,7 @@ class _Reader:
         hsize = int.from_bytes(data[8:16], "big" if big else "little")
         if hsize == L.perf_pipe_file_header.itemsize:
             self.metadata["pipe"] = True
-            self._add_stream(R.Stream.from_bytes(memoryview(data)[16:], main, 16, big))
+            self._add_stream(data.stream(16, len(data), main, 16, big))
             self._pipe_headers()
             return
         self.metadata["pipe"] = False
@@ -100,12 +134,13 @@ class _Reader:
                                               f"end of file after {len(data) - doff} bytes"))
         if dsize == 0 and not p.is_dir():
             dsize = len(data) - doff  # perf died before writing the header back: take the rest
-        self._add_stream(R.Stream.from_bytes(memoryview(data)[doff:doff + dsize], main, doff, big))
+        self._add_stream(data.stream(doff, doff + dsize, main, doff, big))
         if p.is_dir():
             for f in sorted(p.glob("data.*"), key=lambda q: (len(q.name), q.name)):
-                self._add_stream(R.Stream.from_bytes(_read_bytes(f), f, 0, big))
+                part = _File(f)
+                self._add_stream(part.stream(0, len(part), f, 0, big))
 
-    def _attrs(self, data: bytes, fh, path: Path) -> None:
+    def _attrs(self, data: _File, fh, path: Path) -> None:
         attr_size = int(fh["attr_size"])
         off, size = int(fh["attrs"]["offset"]), int(fh["attrs"]["size"])
         if attr_size < L.ATTR_SIZE_VER0 + 16 or off + size > len(data) or size % attr_size:
@@ -124,7 +159,7 @@ class _Reader:
             ids = np.frombuffer(data[ids_off:ids_off + ids_size // 8 * 8], dtype=">u8" if self.big else "<u8")
             self.attrs.append(H.Attr(attr, ids.tolist()))
 
-    def _features(self, data: bytes, fh, path: Path) -> None:
+    def _features(self, data: _File, fh, path: Path) -> None:
         bits = np.array(fh["adds_features"], dtype=np.uint64)
         present = [i for i in range(256) if int(bits[i // 64]) >> (i % 64) & 1]
         start = int(fh["data"]["offset"]) + int(fh["data"]["size"])
