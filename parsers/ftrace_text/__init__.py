@@ -119,6 +119,7 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
     common = {f.name: f.dtype(long_size) for f in fmt.common_fields} if fmt else {}
     pid_dt = common.get("common_pid", pl.Int32())
     base = [pl.col("line_no"), pl.col("ts"), pl.col("cpu").cast(pl.Int32),
+            *([pl.col("buffer").fill_null("")] if "buffer" in rows.columns else []),
             pl.col("pid").cast(pid_dt, strict=False).alias("common_pid")]
     if with_flags:
         base += _flag_columns(common)
@@ -146,7 +147,7 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
         raw = pl.DataFrame({"info": info}).select(*[e.alias(n) for n, e in raw_fields(pl.col("info")).items()])
         for c in [c for c in raw.columns if c.startswith(HEX_BYTES)]:
             n = c[len(HEX_BYTES):]
-            raw = raw.with_columns(words_from_array(raw[c], fmt.field(n).element_size(long_size), schema[n]).alias(n)) \
+            raw = raw.with_columns(words_from_array(info, raw[c], fmt.field(n).element_size(long_size), schema[n]).alias(n)) \
                 .drop(c)
     nulls = pl.DataFrame(schema=schema).clear(len(info))
     if name in STACK_EVENTS and raw is None:
@@ -215,7 +216,7 @@ def _classify_fast(text: _fast.Text) -> tuple[pl.DataFrame, pl.DataFrame | None,
                          "line": text.strings(text.starts[rest_rows], text.ends[rest_rows])})
     rev, odd, others = _lines.classify(rest)
     if rev.height:
-        ev = pl.concat([ev, _typed(rev)]).sort("line_no")
+        ev = pl.concat([ev, _typed(rev)], how="diagonal_relaxed").sort("line_no")
     stack_rows = np.flatnonzero(stack)
     stack_lines = _stack_lines(text, stack_rows, odd) if odd.height else None
     return ev, stack_lines, others, stack_rows

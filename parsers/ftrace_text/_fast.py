@@ -139,6 +139,29 @@ def _heads(heads: pl.Series) -> pl.DataFrame:
                                       "cpu": pl.Int32}, orient="row")
 
 
+#: trace-cmd report of a file with several buffers prints ``instance: `` before the lines of an instance
+_BUFFER = r"^([A-Za-z0-9_.+-]+): "
+
+
+def _buffer_prefix(t: Text, rows: np.ndarray) -> tuple[np.ndarray, pl.Series | None]:
+    """Where each line's own text starts after a buffer-name prefix, and the buffer names (``""`` for the top
+    buffer; None when no line has a prefix). Only lines that start with a non-blank are looked at."""
+    begin = t.starts[rows].copy()
+    first = first_bytes(t)[0][rows]
+    cand = np.flatnonzero(first != _SP)
+    if len(cand) == 0:
+        return begin, None
+    pre = t.strings(begin[cand], t.ends[rows][cand]).str.extract(_BUFFER, 1)
+    has = pre.is_not_null().to_numpy()
+    if not has.any():
+        return begin, None
+    at = cand[has]
+    names = pre.filter(pl.Series(has))
+    begin[at] += names.str.len_bytes().to_numpy().astype(np.int64) + 2
+    buffer = pl.Series("buffer", [""] * len(rows), dtype=pl.String).scatter(at, names)
+    return begin, buffer
+
+
 def parse_events(t: Text, rows: np.ndarray) -> tuple[np.ndarray, pl.DataFrame]:
     """Read ``comm-pid [cpu] [flags] ts: name: info`` lines among ``rows`` (indices into the lines) with literal
     finds and slices, and the ``comm-pid [cpu]`` heads once per distinct head; the same columns as
@@ -155,7 +178,8 @@ def parse_events(t: Text, rows: np.ndarray) -> tuple[np.ndarray, pl.DataFrame]:
         ascii_rows = ~np.isin(rows, line_of)
     rows = rows[ascii_rows]
     c = pl.col
-    df = pl.DataFrame({"line": t.strings(t.starts[rows], t.ends[rows])}).lazy()
+    begin, buffer = _buffer_prefix(t, rows)
+    df = pl.DataFrame({"line": t.strings(begin, t.ends[rows])}).lazy()
     # field_0 (before the first ": "), the event name (to the next ": ") and the info after it
     df = df.with_columns(c("line").str.find(": ", literal=True).alias("_c1"))
     df = df.with_columns(c("line").str.slice(0, c("_c1")).alias("_f0"),
@@ -195,6 +219,8 @@ def parse_events(t: Text, rows: np.ndarray) -> tuple[np.ndarray, pl.DataFrame]:
     frame = out.select(pl.Series("line_no", (rows[ok_np] + 1).astype(np.uint32)), "comm", "pid", "cpu", "flags",
                        ts.alias("ts"), fr.str.len_chars().fill_null(0).cast(pl.Int8).alias("ts_frac"), "event",
                        "info")
+    if buffer is not None:
+        frame = frame.with_columns(buffer.filter(pl.Series(ok_np)).alias("buffer"))
     return mask, frame
 
 

@@ -155,30 +155,52 @@ def field_conversions(fmt: EventFormat) -> dict[str, str]:
     return out
 
 
-HEX_BYTES = "\x00hex:"   # prefix of a raw column that still holds an array's bytes as printed (``28, e7, …``)
+HEX_BYTES = "\x00hex:"   # prefix of a raw column holding the byte span of an array's ``ARRAY[…]`` text
 
 
-def words_from_array(texts: pl.Series, size: int, dtype: pl.DataType, little_endian: bool = True) -> pl.Series:
-    """The bytes trace-cmd -R prints inside ``ARRAY[…]`` (``28, e7, 39, …``, two hex digits each) → a List column of
-    ``size``-byte words, decoded in numpy from the column's Arrow buffer (rows grouped by text length, one matrix per
-    length). Null rows stay null; a row not in that form gives an empty list; a trailing partial word is dropped."""
-    n = len(texts)
-    arr = texts.cast(pl.String).alias("t").to_arrow(compat_level=pl.CompatLevel.oldest())
+def words_from_array(info: pl.Series, span: pl.Series, size: int, dtype: pl.DataType,
+                     little_endian: bool = True) -> pl.Series:
+    """The bytes trace-cmd -R prints as ``ARRAY[28, e7, 39, …]`` (two hex digits each) → a List column of
+    ``size``-byte words, decoded in numpy straight from the Arrow buffer of ``info``.
+
+    Args:
+        info: the info texts.
+        span: per row, a struct ``b, e`` of byte offsets in the text: ``b`` just after ``ARRAY[``, ``e`` the end of
+            the value (blanks and the ``]`` before it are dropped here); null for rows without an array.
+        size: bytes per word; dtype: the List dtype to return.
+
+    Rows are grouped by text length, one matrix per length. Null spans give null; a value not in that form gives an
+    empty list; a trailing partial word is dropped.
+    """
+    n = len(info)
+    arr = info.cast(pl.String).alias("t").to_arrow(compat_level=pl.CompatLevel.oldest())
     if arr.type != pa.large_string():
         arr = arr.cast(pa.large_string())
     bufs = arr.buffers()
     off = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset: arr.offset + n + 1]
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and off[-1] > off[0] else None
-    valid = texts.is_not_null().to_numpy()
-    nchar = np.diff(off)
-    nbytes = np.where(valid & (nchar % 4 == 2), (nchar + 2) // 4, 0)
+    valid = span.is_not_null().to_numpy()
+    begin = off[:-1] + span.struct.field("b").fill_null(0).cast(pl.Int64).to_numpy()
+    end = off[:-1] + span.struct.field("e").fill_null(0).cast(pl.Int64).to_numpy()
+    valid &= end > begin
+    if data is not None:
+        for _ in range(64):
+            blank = valid & (end > begin) & np.isin(data[np.maximum(end - 1, 0)], (32, 9))
+            if not blank.any():
+                break
+            end -= blank
+        valid_close = valid & (end > begin) & (data[np.maximum(end - 1, 0)] == 93)
+    else:
+        valid_close = np.zeros(n, dtype=bool)
+    nchar = np.where(valid_close, end - 1 - begin, 0)
+    nbytes = np.where(valid_close & (nchar % 4 == 2), (nchar + 2) // 4, 0)
     counts = nbytes // size
     words = np.zeros((0,), dtype=np.uint8)
     pieces, rows_of = [], []
     if data is not None:
         for length in np.unique(nchar[counts > 0]):
             rows = np.flatnonzero((nchar == length) & (counts > 0))
-            m = np.lib.stride_tricks.sliding_window_view(data, int(length))[off[rows]]
+            m = np.lib.stride_tricks.sliding_window_view(data, int(length))[begin[rows]]
             hi, lo = _HEX[m[:, 0::4]], _HEX[m[:, 1::4]]
             ok = ~((hi == 255) | (lo == 255)).any(axis=1)
             ok &= ((m[:, 2::4] == 44) & (m[:, 3::4] == 32)).all(axis=1)
@@ -201,7 +223,7 @@ def words_from_array(texts: pl.Series, size: int, dtype: pl.DataType, little_end
     np.cumsum(counts, out=offsets[1:])
     lists = pl.from_arrow(pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(words)))
     lists = pl.select(pl.when(pl.Series(valid)).then(lists)).to_series()
-    return lists.cast(dtype, strict=False).alias(texts.name)
+    return lists.cast(dtype, strict=False)
 
 
 def raw_parser(fmt: EventFormat, long_size: int = 8) -> tuple[str, Callable[[pl.Expr], dict[str, pl.Expr]]]:
@@ -242,9 +264,11 @@ def raw_parser(fmt: EventFormat, long_size: int = 8) -> tuple[str, Callable[[pl.
                 out[n] = v.str.strip_prefix("ARRAY[").str.strip_suffix("]").str.split(", ").list.eval(
                     pl.element().str.to_integer(base=16, dtype=pl.UInt8, strict=False))
             elif isinstance(dt, pl.List) and dt.inner.is_integer():
-                # the record's bytes in memory order; words are rebuilt eagerly by words_from_array()
+                # the record's bytes in memory order; words are rebuilt eagerly by words_from_array() from the
+                # value's byte span (finds give byte offsets)
                 arr = v.str.starts_with("ARRAY[")
-                out[f"{HEX_BYTES}{n}"] = pl.when(arr).then(v.str.slice(6, v.str.len_bytes() - 7))
+                end = pos[i + 1] if i + 1 < len(names) else info.str.len_bytes()
+                out[f"{HEX_BYTES}{n}"] = pl.when(arr).then(pl.struct((begin + 6).alias("b"), end.alias("e")))
         return out
 
     return rx, fields

@@ -108,6 +108,20 @@ def test_comm_with_spaces_and_unknown_comm(tmp_path):
     assert sw["common_pid"].n_unique() == 1
 
 
+def test_instance_buffer_prefix(tmp_path, report):
+    """trace-cmd report of a file with several buffers prints ``instance: `` before an instance's lines; the name
+    becomes the ``buffer`` column ("" for the top buffer's lines), as in trace.dat frames."""
+    lines = _text(SAME / "report.txt.zst").splitlines()
+    out = [ln if ln.startswith(("cpus=", "=>")) or i % 2 else "tk_big: " + ln for i, ln in enumerate(lines)]
+    p = tmp_path / "t.txt"
+    p.write_text("\n".join(out) + "\n")
+    tr = tracekit.load(p)
+    assert tr.total_events == report.total_events and tr.unparsed_lines.height == 0
+    sw = tr.events("sched_switch")
+    assert set(sw["buffer"].unique()) == {"tk_big", ""}
+    assert sw.drop("buffer").equals(report.events("sched_switch"))
+
+
 def test_unparsed_lines_are_kept_with_line_numbers(tmp_path, tracefs):
     lines = _text(SAME / "trace.txt.zst").splitlines()
     lines.insert(20, "garbage that is no trace line")
