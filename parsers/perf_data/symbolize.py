@@ -37,7 +37,7 @@ def _factorize_small(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def perf_kallsyms(ks: Kallsyms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """kallsyms as perf loads it: text/data/bss symbols only; of several at one address the last one listed wins
     (perf gives the earlier ones zero length when it fixes up symbol ends, then prefers the one with a length)."""
-    keep = np.isin(ks.types, np.array(list("TtWwDdBb"), dtype=object))
+    keep = np.isin(ks.types.astype("U1"), np.array(list("TtWwDdBb")))
     addrs, names, mods = ks.addrs[keep], ks.names[keep], ks.modules[keep]
     last = np.append(addrs[1:] != addrs[:-1], True) if len(addrs) else np.zeros(0, dtype=bool)
     return addrs[last], names[last], mods[last]
@@ -370,7 +370,11 @@ class Symbolizer:
         ip = np.asarray(ip, dtype=np.uint64)
         codes = np.empty(len(ip), dtype=np.int64)
         ksym, kdso = self._kernel_table()
-        codes[kernel] = self._kernel(ip[kernel])
+        kc = self._kernel(ip[kernel])
+        used = np.zeros(len(ksym), dtype=bool)  # only the kernel symbols named go into the String tables
+        used[kc] = True
+        codes[kernel] = (np.cumsum(used) - 1)[kc]
+        ksym, kdso = ksym[used], kdso[used]
         user = ~kernel
         upid, prank = _factorize_small(np.asarray(pid, dtype=np.int64)[user])
         uip = ip[user]
