@@ -24,7 +24,7 @@ try:
 except ImportError:  # pragma: no cover - pyarrow is a dependency; the Polars path still works without it
     pa = None
 
-_SP = 32
+_SP, _COLON = 32, 58
 _HEX = np.full(256, 255, dtype=np.uint8)
 for _i, _c in enumerate(b"0123456789abcdef"):
     _HEX[_c] = _i
@@ -140,25 +140,48 @@ def _heads(heads: pl.Series) -> pl.DataFrame:
 
 
 #: trace-cmd report of a file with several buffers prints ``instance: `` before the lines of an instance
-_BUFFER = r"^([A-Za-z0-9_.+-]+): "
+_BUF_CH = np.zeros(256, dtype=bool)
+_BUF_CH[np.frombuffer(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.+-", dtype=np.uint8)] = True
+_K_BUF = 32        # a buffer name and its ": " within the first bytes of the line
 
 
 def _buffer_prefix(t: Text, rows: np.ndarray) -> tuple[np.ndarray, pl.Series | None]:
-    """Where each line's own text starts after a buffer-name prefix, and the buffer names (``""`` for the top
-    buffer; None when no line has a prefix). Only lines that start with a non-blank are looked at."""
+    """Where each line's own text starts after a buffer-name prefix ``[A-Za-z0-9_.+-]+: ``, and the buffer names
+    (``""`` for the top buffer; None when no line has a prefix). Only lines that start with a non-blank are looked
+    at, in chunks of a (rows, 32) byte matrix."""
     begin = t.starts[rows].copy()
     first = first_bytes(t)[0][rows]
-    cand = np.flatnonzero(first != _SP)
-    if len(cand) == 0:
+    cand = np.flatnonzero((first != _SP) & _BUF_CH[first])
+    if len(cand) == 0 or len(t.b) < _K_BUF:
         return begin, None
-    pre = t.strings(begin[cand], t.ends[rows][cand]).str.extract(_BUFFER, 1)
-    has = pre.is_not_null().to_numpy()
-    if not has.any():
+    view = np.lib.stride_tricks.sliding_window_view(t.b, _K_BUF)
+    names: list[bytes] = [b""]                             # code 0: no prefix (the top buffer)
+    code = np.zeros(len(rows), dtype=np.uint32)
+    for lo in range(0, len(cand), 1 << 20):
+        part = cand[lo:lo + (1 << 20)]
+        w = view[np.minimum(begin[part], len(view) - 1)]
+        stop = np.argmax(~_BUF_CH[w], axis=1)            # the first byte that is no name character
+        r = np.arange(len(part))
+        ok = (stop > 0) & (w[r, stop] == _COLON) & (w[r, np.minimum(stop + 1, _K_BUF - 1)] == _SP)
+        ok &= (stop + 2 < _K_BUF) & (begin[part] + stop + 2 <= t.ends[rows][part])
+        # a few distinct names: each is matched against the whole chunk at once
+        known = list(range(1, len(names)))
+        while ok.any():
+            if known:
+                i = known.pop()
+            else:
+                r0 = int(np.argmax(ok))
+                names.append(bytes(w[r0, :stop[r0]]))
+                i = len(names) - 1
+            nm = np.frombuffer(names[i] + b": ", dtype=np.uint8)
+            hit = ok & (stop == len(nm) - 2) & (w[:, :len(nm)] == nm).all(axis=1)
+            code[part[hit]] = i
+            ok &= ~hit
+    if len(names) == 1:
         return begin, None
-    at = cand[has]
-    names = pre.filter(pl.Series(has))
-    begin[at] += names.str.len_bytes().to_numpy().astype(np.int64) + 2
-    buffer = pl.Series("buffer", [""] * len(rows), dtype=pl.String).scatter(at, names)
+    size = np.array([0] + [len(nm) + 2 for nm in names[1:]], dtype=np.int64)
+    begin += size[code]
+    buffer = pl.Series("buffer", [nm.decode() for nm in names], dtype=pl.String).gather(pl.Series(code))
     return begin, buffer
 
 

@@ -112,13 +112,14 @@ def test_instance_buffer_prefix(tmp_path, report):
     """trace-cmd report of a file with several buffers prints ``instance: `` before an instance's lines; the name
     becomes the ``buffer`` column ("" for the top buffer's lines), as in trace.dat frames."""
     lines = _text(SAME / "report.txt.zst").splitlines()
-    out = [ln if ln.startswith(("cpus=", "=>")) or i % 2 else "tk_big: " + ln for i, ln in enumerate(lines)]
+    out = [ln if ln.startswith(("cpus=", "=>")) or i % 3 == 0 else ("tk_big: " if i % 3 == 1 else "vm-2.x: ") + ln
+           for i, ln in enumerate(lines)]
     p = tmp_path / "t.txt"
     p.write_text("\n".join(out) + "\n")
     tr = tracekit.load(p)
     assert tr.total_events == report.total_events and tr.unparsed_lines.height == 0
     sw = tr.events("sched_switch")
-    assert set(sw["buffer"].unique()) == {"tk_big", ""}
+    assert set(sw["buffer"].unique()) == {"tk_big", "vm-2.x", ""}
     assert sw.drop("buffer").equals(report.events("sched_switch"))
 
 
