@@ -37,12 +37,13 @@ from .frames import (
     frame_from_records,
 )
 from .pages import build_pageset, pageset_bytes, walk
-from .records import EventRecords, gather_events, page_buffer
+from .records import EventRecords, count, gather_events, page_buffer
 from .sections import Blob, FileInfo, cpu_chunks, fill_chunks, read_info
 
 __all__ = ["sniff", "read"]
 
 _NS_CLOCKS = ("local", "global", "uptime", "perf", "mono", "mono_raw", "boot", "tai", "tsc2nsec")
+_TS_CHUNK = 1 << 20
 _PRINTK = re.compile(r"^\s*(0x[0-9a-fA-F]+)\s*:\s*\"(.*)\"\s*$", re.M)
 try:
     _LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
@@ -137,15 +138,18 @@ def _ts_offset(md: dict) -> int:
 
 def _to_ns(raw: np.ndarray, md: dict) -> np.ndarray:
     """trace-input.c timestamp_calc(): ``mul_u64_u32_shr`` by TSC2NSEC, then the DATE/OFFSET offset; Int64."""
-    ts = raw.astype(np.uint64)
+    out = np.empty(len(raw), np.uint64)
     t = md.get("tsc2nsec")
-    if t and t["mult"]:
-        mult, shift = np.uint64(t["mult"]), t["shift"]
-        lo = (ts & np.uint64(0xFFFFFFFF)) * mult >> np.uint64(shift)
-        hi = (ts >> np.uint64(32)) * mult
-        ts = lo + ((hi << np.uint64(32 - shift)) if shift <= 32 else (hi >> np.uint64(shift - 32)))
-    ts = ts + np.uint64(_ts_offset(md) % (1 << 64))
-    return ts.view(np.int64)
+    off = np.uint64(_ts_offset(md) % (1 << 64))
+    for a in range(0, len(raw), _TS_CHUNK):  # in row chunks: temporaries of one chunk, not of the column
+        ts = raw[a:a + _TS_CHUNK].astype(np.uint64)
+        if t and t["mult"]:
+            mult, shift = np.uint64(t["mult"]), t["shift"]
+            lo = (ts & np.uint64(0xFFFFFFFF)) * mult >> np.uint64(shift)
+            hi = (ts >> np.uint64(32)) * mult
+            ts = lo + ((hi << np.uint64(32 - shift)) if shift <= 32 else (hi >> np.uint64(shift - 32)))
+        np.add(ts, off, out=out[a:a + _TS_CHUNK])
+    return out.view(np.int64)
 
 
 def _cmdlines(text: str) -> tuple[np.ndarray, list[str]]:
@@ -280,19 +284,23 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
         npages += len(ps.starts)
         del recs, ps
         base += n
-    if len(cols) == 1:
-        data, length, ts, page = cols[0]
-    else:
-        data, length, ts, page = (np.concatenate([c[i] for c in cols]) if cols else np.zeros(0, np.int64)
-                                  for i in range(4))
-    del cols
+    cols = [list(c) for c in cols if len(c[0])] or [[np.zeros(0, np.int64)] * 4]
+    joined = []
+    for i in range(4):  # column by column, each buffer's piece freed once joined (no second copy of them all)
+        joined.append(cols[0][i] if len(cols) == 1 else np.concatenate([c[i] for c in cols]))
+        for c in cols:
+            c[i] = None
+    data, length, ts, page = joined
+    del cols, joined
     starts, ends, page_cpu, page_group = (np.concatenate([p[i] for p in pages]) if pages else np.zeros(0, np.int64)
                                           for i in range(4))
     u32 = buf[: len(buf) // 4 * 4].view(">u4" if info.big_endian else "<u4")
-    word = u32[data >> 2] if len(data) else np.zeros(0, np.uint32)
-    ids = ((word >> 16) if info.big_endian else (word & 0xFFFF)).astype(np.uint16)
+    ids = np.empty(len(data), np.uint16)
+    for a in range(0, len(data), _TS_CHUNK):  # common_type, the payload's first 16 bits
+        word = u32[data[a:a + _TS_CHUNK] >> 2]
+        ids[a:a + _TS_CHUNK] = (word >> 16) if info.big_endian else (word & 0xFFFF)
     ids[length < 2] = 0xFFFF
-    del word, u32
+    del u32
     lost = _lost_frame(lost_rows, buffers)
     names = pl.Series([b.name for b in buffers], dtype=pl.String)
     tables["lost_marks"] = (pl.concat(marks) if marks else pl.DataFrame(schema={**LOST_MARKS_SCHEMA, "g": pl.Int16}))
@@ -300,7 +308,7 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
         tables["lost_marks"] = tables["lost_marks"].with_columns(buffer=names.gather(tables["lost_marks"]["g"]))
     tables["lost_marks"] = tables["lost_marks"].drop("g")
     fmts = {}
-    per_id = np.bincount(ids, minlength=1 << 16)
+    per_id = count(ids, 1 << 16)
     for eid in np.flatnonzero(per_id):
         fmt = index.parse(int(eid), damage)
         if fmt is None:

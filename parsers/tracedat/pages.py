@@ -140,14 +140,12 @@ def _page_error(ps: PageSet, page: int, page_size: int, path: str, what: str, fo
     return ParseError(path, None, what, found)
 
 
-def walk(ps: PageSet, page_size: int, long_size: int, big: bool, path: str, threads: int = 2,
-         page_order: bool = True) -> Records:
+def walk(ps: PageSet, page_size: int, long_size: int, big: bool, path: str, threads: int = 2) -> Records:
     """Decode every record header of every page; returns the event records and the lost-event flags.
 
     Each CPU's pages are walked in its own thread (numpy releases the GIL). A page whose commit or record headers
     are inconsistent costs only that page: it is recorded in ``Records.damage`` and its records are dropped.
-    Records come in page order (each page's in ring order), or with ``page_order=False`` in the walk's own order:
-    each CPU's records by their index in their page, then by page (a page's records still in ring order).
+    Records come in page order, each page's in ring order.
     """
     bounds, lo = [], 0
     for _off, n, _cpu, _comp in ps.where:
@@ -157,18 +155,20 @@ def walk(ps: PageSet, page_size: int, long_size: int, big: bool, path: str, thre
         bounds = [(0, len(ps.starts))]
     if threads > 1 and len(bounds) > 1:
         with ThreadPoolExecutor(threads) as pool:
-            parts = list(pool.map(lambda b: _walk_range(ps, b[0], b[1], page_size, long_size, big, path, page_order),
-                                  bounds))
+            parts = list(pool.map(lambda b: _walk_range(ps, b[0], b[1], page_size, long_size, big, path), bounds))
     else:
-        parts = [_walk_range(ps, a, b, page_size, long_size, big, path, page_order) for a, b in bounds]
+        parts = [_walk_range(ps, a, b, page_size, long_size, big, path) for a, b in bounds]
     if len(parts) == 1:
         return parts[0]
-    return Records(*(np.concatenate([getattr(r, k) for r in parts]) for k in ("page", "data", "length", "ts")),
-                   np.concatenate([r.lost for r in parts]), [d for r in parts for d in r.damage])
+    cols = []
+    for k in ("page", "data", "length", "ts"):  # one column at a time, the parts' copies freed as it is joined
+        cols.append(np.concatenate([getattr(r, k) for r in parts]))
+        for r in parts:
+            setattr(r, k, None)
+    return Records(*cols, np.concatenate([r.lost for r in parts]), [d for r in parts for d in r.damage])
 
 
-def _walk_range(ps: PageSet, lo: int, hi: int, page_size: int, long_size: int, big: bool, path: str,
-                page_order: bool = True) -> Records:
+def _walk_range(ps: PageSet, lo: int, hi: int, page_size: int, long_size: int, big: bool, path: str) -> Records:
     """:func:`walk` over pages ``lo:hi`` of ``ps`` (page indices in the result are global)."""
     u32 = ps.buf[: len(ps.buf) // 4 * 4].view(L.order(np.dtype("<u4"), big))
     starts = ps.starts[lo:hi]
@@ -278,15 +278,18 @@ def _walk_range(ps: PageSet, lo: int, hi: int, page_size: int, long_size: int, b
     if reason:
         drop = bad[page - lo]
         page, data, length, rts, nth = page[~drop], data[~drop], length[~drop], rts[~drop], nth[~drop]
-    if page_order:
-        # without a sort: a record's place is its page's first place plus its index in the page
-        local = page - lo
-        counts = np.bincount(local, minlength=hi - lo)
-        at = (np.cumsum(counts) - counts)[local] + nth
-        del local, counts
-        page, data, length, rts = (_placed(x, at) for x in (page, data, length, rts))
-        del at
-    del nth
+    # records come out step by step (every page's first, then every page's second, ...): put in page order
+    # without a sort, a record's place being its page's first place plus its index in the page
+    local = page - lo
+    counts = np.bincount(local, minlength=hi - lo)
+    at = (np.cumsum(counts) - counts)[local] + nth
+    del local, counts, nth
+    # one array at a time, each walk-order array freed as its page-order copy is made
+    page = _placed(page, at)
+    data = _placed(data, at)
+    length = _placed(length, at)
+    rts = _placed(rts, at)
+    del at
     damage = [_page_error(ps, i + lo, page_size, path, "a valid ring-buffer page", r)
               for i, r in sorted(reason.items())]
     lost[bad] = 0

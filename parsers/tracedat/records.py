@@ -10,8 +10,11 @@ copy of the records, and the frames are built later, chunk by chunk (:func:`.fra
 from __future__ import annotations
 
 import mmap
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -68,7 +71,7 @@ def record_width(fmt: EventFormat, max_length: int) -> int:
 
 def gather_events(u32: np.ndarray, release: Callable[[int, int], None], starts: np.ndarray, ends: np.ndarray,
                   data: np.ndarray, length: np.ndarray, ts: np.ndarray, page: np.ndarray, ids: np.ndarray,
-                  fmts: dict[int, EventFormat]) -> dict[int, list[Chunk]]:
+                  fmts: dict[int, EventFormat], threads: int = 2) -> dict[int, list[Chunk]]:
     """Copy every record of the events in ``fmts`` out of the page buffer, in time order (ties: input order).
 
     Args:
@@ -83,27 +86,55 @@ def gather_events(u32: np.ndarray, release: Callable[[int, int], None], starts: 
         The chunks of every event id, rows in time order.
     """
     order = np.argsort(ts, kind="stable")  # ties keep the input's page (buffer, CPU) and ring order
-    left = np.bincount(page, minlength=len(starts))
+    if len(order) < 1 << 31:
+        order = order.astype(np.int32)
+    left = count(page, len(starts))
     done = left == 0
     _release_runs(np.flatnonzero(done), starts, ends, release)
     out: dict[int, list[Chunk]] = {eid: [] for eid in fmts}
-    for a in range(0, len(order), STEP):
+
+    def step(a: int) -> tuple[list, np.ndarray]:
+        """The chunks of the records ``order[a:a + STEP]`` per event, and how many of them each page held."""
         recs = order[a:a + STEP]
         e = ids[recs]
         by_e = np.argsort(e, kind="stable")
         recs, e = recs[by_e], e[by_e]
         del by_e
         cut = np.flatnonzero(e[1:] != e[:-1]) + 1
+        got = []
         for lo, hi in zip(np.r_[0, cut], np.r_[cut, len(e)], strict=True):
             fmt = fmts.get(int(e[lo]))
             if fmt is not None:
                 r = recs[lo:hi]
-                out[int(e[lo])].extend(_copy(u32, data[r], length[r], ts[r], page[r], fmt))
-        left -= np.bincount(page[recs], minlength=len(starts))
-        now = (left == 0) & ~done
-        done |= now
-        _release_runs(np.flatnonzero(now), starts, ends, release)
-    return {eid: _join(chunks) for eid, chunks in out.items()}
+                got.append((int(e[lo]), _copy(u32, data[r], length[r], ts[r], page[r], fmt)))
+        return got, np.bincount(page[recs], minlength=len(starts))
+
+    # ``threads`` steps at a time (numpy releases the GIL), no more: results are taken in order and the pages
+    # released after each (steps running further ahead would hold more pages and copies at once)
+    starts_at = iter(range(0, len(order), STEP))
+    with ThreadPoolExecutor(threads) as pool:
+        running = deque(pool.submit(step, a) for a in islice(starts_at, threads))
+        while running:
+            got, seen = running.popleft().result()
+            nxt = next(starts_at, None)
+            if nxt is not None:
+                running.append(pool.submit(step, nxt))
+            for eid, chunks in got:
+                out[eid].extend(chunks)
+            del got
+            left -= seen
+            now = (left == 0) & ~done
+            done |= now
+            _release_runs(np.flatnonzero(now), starts, ends, release)
+    return {eid: _join(out.pop(eid)) for eid in list(out)}
+
+
+def count(x: np.ndarray, n: int) -> np.ndarray:
+    """``np.bincount(x, minlength=n)`` in row chunks (bincount makes an int64 copy of its input)."""
+    out = np.zeros(n, np.int64)
+    for a in range(0, len(x), STEP):
+        out += np.bincount(x[a:a + STEP], minlength=n)[:n] if n else 0
+    return out
 
 
 def _release_runs(pages: np.ndarray, starts: np.ndarray, ends: np.ndarray, release) -> None:
@@ -165,7 +196,9 @@ def _join(chunks: list[Chunk]) -> list[Chunk]:
             groups.append([c])
             size = c.words.nbytes
     out = []
-    for g in groups:
+    chunks.clear()  # the groups hold the chunks now: each group's pieces are freed once joined
+    while groups:
+        g = groups.pop(0)
         if len(g) == 1:
             out.append(g[0])
             continue
@@ -178,8 +211,7 @@ def _join(chunks: list[Chunk]) -> list[Chunk]:
             offsets = np.concatenate([c.offsets + b for c, b in zip(g, base, strict=True)])
         out.append(Chunk(np.concatenate([c.words for c in g]), offsets, length, np.concatenate([c.ts for c in g]),
                          np.concatenate([c.page for c in g])))
-        for c in g:
-            c.words = None
+        del g
     return out
 
 
