@@ -144,7 +144,7 @@ def _event_frame(rows: pl.DataFrame, name: str, fmt: EventFormat | None, long_si
         else pl.Series(np.zeros(len(info), dtype=bool))
     raw = None
     if raw_m.any():
-        raw = pl.DataFrame({"info": info}).select(*[e.alias(n) for n, e in raw_fields(pl.col("info")).items()])
+        raw = raw_fields(info)
         for c in [c for c in raw.columns if c.startswith(HEX_BYTES)]:
             n = c[len(HEX_BYTES):]
             raw = raw.with_columns(words_from_array(info, raw[c], fmt.field(n).element_size(long_size), schema[n]).alias(n)) \

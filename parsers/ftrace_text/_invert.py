@@ -226,8 +226,14 @@ def words_from_array(info: pl.Series, span: pl.Series, size: int, dtype: pl.Data
     return lists.cast(dtype, strict=False)
 
 
-def raw_parser(fmt: EventFormat, long_size: int = 8) -> tuple[str, Callable[[pl.Expr], dict[str, pl.Expr]]]:
-    """The ``name=value`` form ``trace-cmd report -R`` prints for every field: (regex, converter to field exprs).
+def _wide_list(dt: pl.DataType) -> bool:
+    """A List of integers wider than a byte (its -R bytes are decoded by :func:`words_from_array`)."""
+    return isinstance(dt, pl.List) and dt.inner.is_integer() and dt.inner != pl.UInt8
+
+
+def raw_parser(fmt: EventFormat, long_size: int = 8) -> tuple[str, Callable[[pl.Series], pl.DataFrame]]:
+    """The ``name=value`` form ``trace-cmd report -R`` prints for every field: (regex, reader of the info texts into
+    a frame of the fields; list fields of wider words come as ``HEX_BYTES``-prefixed byte spans).
 
     libtraceevent prints pointers and longs as ``0x…``, other integers in the base the print fmt uses for them
     (``rip=1000`` for a ``%llx``), char arrays as text and other arrays as ``ARRAY[b0, b1, …]`` bytes.
@@ -244,31 +250,40 @@ def raw_parser(fmt: EventFormat, long_size: int = 8) -> tuple[str, Callable[[pl.
 
     rx = "^" + " ".join(f"{_esc(n)}=(?P<r{i}>{value(schema[n])})" for i, n in enumerate(names)) + r"\s*$"
 
-    def fields(info: pl.Expr) -> dict[str, pl.Expr]:
+    def fields(info: pl.Series) -> pl.DataFrame:
         # values sit between "name=" and " next_name=": literal finds and slices, no capturing regex (arrays make
-        # these lines long, and capture groups over long lines are slow)
+        # these lines long, and capture groups over long lines are slow); computed in stages so that each find
+        # and each value is evaluated once
         keys = [f"{n}=" if i == 0 else f" {n}=" for i, n in enumerate(names)]
-        pos = [info.str.find(k, literal=True) for k in keys]
-        ends = [*pos[1:], info.str.len_chars()]
-        out = {}
+        text = pl.col("\x00info")
+        df = pl.DataFrame({"\x00info": info}).with_columns(
+            *[text.str.find(k, literal=True).alias(f"\x00p{i}") for i, k in enumerate(keys)],
+            *[text.str.find(f"{k}ARRAY[", literal=True).alias(f"\x00a{i}") for i, k in enumerate(keys)
+              if _wide_list(schema[names[i]])])
+        pos = [pl.col(f"\x00p{i}") for i in range(len(names))]
+        ends = [*pos[1:], text.str.len_chars()]
+        listed = [_wide_list(schema[n]) for n in names]
+        df = df.with_columns(*[text.str.slice(pos[i] + len(keys[i]), ends[i] - pos[i] - len(keys[i]))
+                               .str.strip_chars_end().alias(f"\x00v{i}") for i in range(len(names)) if not listed[i]])
+        out = []
         for i, n in enumerate(names):
-            begin = pos[i] + len(keys[i])
-            v = info.str.slice(begin, ends[i] - begin).str.strip_chars_end()
             dt = schema[n]
+            v = pl.col(f"\x00v{i}")
             if dt == pl.String:
-                out[n] = v
+                out.append(v.alias(n))
             elif dt.is_integer():
                 hexed = v.str.starts_with("0x") | pl.lit(convs.get(n, "d") in "xXp")
-                out[n] = pl.when(hexed).then(to_dtype(v, dt, 16)).otherwise(to_dtype(v, dt, 10))
+                out.append(pl.when(hexed).then(to_dtype(v, dt, 16)).otherwise(to_dtype(v, dt, 10)).alias(n))
             elif isinstance(dt, pl.List) and dt.inner == pl.UInt8:
-                out[n] = v.str.strip_prefix("ARRAY[").str.strip_suffix("]").str.split(", ").list.eval(
-                    pl.element().str.to_integer(base=16, dtype=pl.UInt8, strict=False))
-            elif isinstance(dt, pl.List) and dt.inner.is_integer():
+                out.append(v.str.strip_prefix("ARRAY[").str.strip_suffix("]").str.split(", ").list.eval(
+                    pl.element().str.to_integer(base=16, dtype=pl.UInt8, strict=False)).alias(n))
+            elif listed[i]:
                 # the record's bytes in memory order; words are rebuilt eagerly by words_from_array() from the
                 # value's byte span (finds give byte offsets)
-                arr = v.str.starts_with("ARRAY[")
-                end = pos[i + 1] if i + 1 < len(names) else info.str.len_bytes()
-                out[f"{HEX_BYTES}{n}"] = pl.when(arr).then(pl.struct((begin + 6).alias("b"), end.alias("e")))
-        return out
+                arr = pl.col(f"\x00a{i}") == pos[i]
+                end = pos[i + 1] if i + 1 < len(names) else text.str.len_bytes()
+                out.append(pl.when(arr).then(pl.struct((pos[i] + len(keys[i]) + 6).alias("b"), end.alias("e")))
+                           .alias(f"{HEX_BYTES}{n}"))
+        return df.select(out)
 
     return rx, fields
