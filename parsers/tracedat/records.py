@@ -27,6 +27,7 @@ STEP = 1 << 20
 CHUNK_BYTES = 1 << 25
 #: a chunk's records are packed back to back (not one max-width row each) when rows would waste more than this
 _PACK_WASTE = 2
+_PACK_MIN = 1 << 20
 
 
 @dataclass
@@ -152,7 +153,7 @@ def _copy(u32: np.ndarray, data: np.ndarray, length: np.ndarray, ts: np.ndarray,
     n = len(data)
     lmin, lmax = int(length.min()), int(length.max())
     words = min(-(-record_width(fmt, lmax) // 4), len(u32))
-    if lmin != lmax and n * words * 4 > _PACK_WASTE * int(length.sum(dtype=np.int64)) + (1 << 20):
+    if lmin != lmax and n * words * 4 > _PACK_WASTE * int(length.sum(dtype=np.int64)) + _PACK_MIN:
         return _pack(u32, data, length, ts, page)
     # every record's words in one row: a fancy row gather out of the overlapping (word, words) view
     rows = as_strided(u32, shape=(len(u32) - words + 1, words), strides=(4, 4))
