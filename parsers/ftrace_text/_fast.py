@@ -38,7 +38,10 @@ class Text:
     def __init__(self, data: bytes):
         self.data = data
         b = np.frombuffer(data, dtype=np.uint8)
-        nl = np.flatnonzero(b == 10)
+        # newlines found 8 MiB at a time (the comparison's mask stays in reused memory)
+        step = 1 << 23
+        nl = np.concatenate([np.flatnonzero(b[lo:lo + step] == 10) + lo for lo in range(0, len(b), step)]) \
+            if len(b) else np.zeros(0, dtype=np.int64)
         if len(b) and b[-1] != 10:
             nl = np.append(nl, len(b))       # a last line without its newline
         starts = np.empty(len(nl), dtype=np.int64)
@@ -247,26 +250,14 @@ def parse_events(t: Text, rows: np.ndarray) -> tuple[np.ndarray, pl.DataFrame]:
     return mask, frame
 
 
-def _u64(v: int) -> np.uint64:
-    return np.uint64(v)
-
-
 def _hex16(chars: np.ndarray) -> np.ndarray | None:
-    """Rows of 16 hex digits (an (n, 16) uint8 matrix) → their UInt64 values, eight characters per word at a time
-    (SWAR); None when some character is not a hex digit."""
-    x = np.ascontiguousarray(chars).view("<u8")          # (n, 2): first character in the low byte
-    b80 = _u64(0x8080808080808080)
-    digit = ((x + _u64(0x5050505050505050)) & ~(x + _u64(0x4646464646464646))) & b80     # '0'..'9'
-    low = x | _u64(0x2020202020202020)
-    alpha = ((low + _u64(0x1F1F1F1F1F1F1F1F)) & ~(low + _u64(0x1919191919191919))) & b80  # 'a'..'f', 'A'..'F'
-    if not (((digit | alpha) == b80) & ((x & b80) == 0)).all():
+    """Rows of 16 hex digits (an (n, 16) uint8 matrix) → their UInt64 values (a table lookup per character, two
+    nibbles per byte, eight bytes viewed big-endian); None when some character is not a hex digit."""
+    nib = _HEX[chars]
+    if (nib == 255).any():
         return None
-    v = (x & _u64(0x0F0F0F0F0F0F0F0F)) + _u64(9) * ((x >> _u64(6)) & _u64(0x0101010101010101))
-    m8 = _u64(0x00FF00FF00FF00FF)
-    t = ((v & m8) << _u64(4)) | ((v >> _u64(8)) & m8)                # each 16-bit lane: one byte's value
-    t = (t | (t >> _u64(8))) & _u64(0x0000FFFF0000FFFF)
-    t = ((t | (t >> _u64(16))) & _u64(0xFFFFFFFF)).astype(np.uint32).byteswap().astype(np.uint64)
-    return (t[:, 0] << _u64(32)) | t[:, 1]
+    by = (nib[:, 0::2] << 4) | nib[:, 1::2]
+    return by.view(">u8").ravel().astype(np.uint64)
 
 
 def frames(t: Text, rows: np.ndarray, owner: np.ndarray) -> pl.DataFrame | None:
@@ -303,8 +294,10 @@ def attach(t: Text, rows: np.ndarray, ev_line_no: np.ndarray, ev_is_stack: np.nd
            ) -> tuple[pl.DataFrame, pl.DataFrame] | None:
     """Give each frame line (``rows``, indices into the lines) to the event line above it, as
     :func:`._lines.attach_stacks` does; None when some owned frame line is not in the ``=> sym (addr)`` form."""
-    line_no = rows + 1
-    at = np.searchsorted(ev_line_no, line_no) - 1
+    # the event line above each frame line: a running maximum of event indices over all lines
+    mark = np.full(len(t), -1, dtype=np.int64)
+    mark[ev_line_no.astype(np.int64) - 1] = np.arange(len(ev_line_no))
+    at = np.maximum.accumulate(mark)[rows]
     ok = at >= 0
     if len(ev_line_no):
         ok &= ev_is_stack[np.where(ok, at, 0)]
