@@ -18,7 +18,7 @@ rows of each event become a sorted run file (``DIR/_runs``, removed at the end),
 about PART_ROWS rows (cut from a sample of ``ts``) read only the run row groups overlapping them, sort and write
 ``<system>/<event>/part-NNNNN.parquet`` (parts in ts order). What is held: one batch of pages (the file's pages are
 dropped from the map once copied out), one window, and per run/SAMPLE rows a few bytes of bookkeeping. Peak RSS is
-flat once the input fills that working set: 0.8M → 12.8M events of a real trace, 172.7 → 182.7 MiB
+flat once the input fills that working set: 0.8M → 12.8M events of a real trace, 176.7 → 182.7 MiB
 (``benchmarks/bench_stream_rss.py --cut-from``); a smaller input (tens of thousands of events) uses less. Without it (and for every other input) the ordinary in-memory reader runs and
 ONE event frame at a time is built, written and dropped: peak RSS grows with the input.
 """
