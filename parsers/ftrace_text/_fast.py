@@ -2,8 +2,9 @@
 ``=> sym (addr)`` frame lines read with numpy over the raw bytes, strings cut out of the buffer through Arrow.
 
 What it reads (anything else goes to the Polars classifier of :mod:`._lines`, so the result is the same):
-    - event lines ``comm-pid [cpu] [flags] ts: name: info`` (trace-cmd report default / ``-t`` / ``-R`` and tracefs
-      lines with or without the irq-flags column), where ``name`` is ``[A-Za-z_][\\w.+-]*`` followed by ``: ``;
+    - event lines ``[instance: ]comm-pid [cpu] [flags] ts: name: info`` (trace-cmd report default / ``-t`` /
+      ``-R``, with the buffer name trace-cmd prints for an instance, and tracefs lines with or without the irq-flags
+      column), where ``name`` is ``[A-Za-z_][\\w.+-]*`` followed by ``: ``;
     - frame lines ``=> sym (hex)`` of trace-cmd's ``kernel_stack`` (all of them, or none: any other frame form sends
       every frame line to :func:`._lines.attach_stacks`).
 
