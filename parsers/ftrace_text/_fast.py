@@ -258,7 +258,7 @@ def _hex16(chars: np.ndarray) -> np.ndarray | None:
     if (nib == 255).any():
         return None
     by = (nib[:, 0::2] << 4) | nib[:, 1::2]
-    return by.view(">u8").ravel().astype(np.uint64)
+    return np.ascontiguousarray(by).view(">u8").ravel().astype(np.uint64)
 
 
 def frames(t: Text, rows: np.ndarray, owner: np.ndarray) -> pl.DataFrame | None:
@@ -269,15 +269,18 @@ def frames(t: Text, rows: np.ndarray, owner: np.ndarray) -> pl.DataFrame | None:
     if n == 0 or not (e - s >= 3 + 19).all():
         return None
     b = t.b
-    ok = (b[s] == 61) & (b[s + 1] == 62) & (b[s + 2] == _SP)
-    ok &= (b[e - 19] == _SP) & (b[e - 18] == 40) & (b[e - 1] == 41)
-    if not ok.all():
+    c0, c1, c2 = (c[rows] for c in first_bytes(t))
+    if not ((c0 == 61) & (c1 == 62) & (c2 == _SP)).all():
         return None
-    addr = _hex16(np.lib.stride_tricks.sliding_window_view(b, 16)[e - 17])
+    tail = np.lib.stride_tricks.sliding_window_view(b, 19)[e - 19]        # " (" 16 hex digits ")"
+    if not ((tail[:, 0] == _SP) & (tail[:, 1] == 40) & (tail[:, 18] == 41)).all():
+        return None
+    addr = _hex16(tail[:, 2:18])
     if addr is None:
         return None
     sym_b, sym_e = s + 3, e - 19
-    null = (sym_e <= sym_b) | ((b[sym_b] == 48) & (b[sym_b + 1] == ord("x")) & (sym_e > sym_b + 1))
+    head = np.lib.stride_tricks.sliding_window_view(b, 2)[sym_b]
+    null = (sym_e <= sym_b) | ((head[:, 0] == 48) & (head[:, 1] == ord("x")) & (sym_e > sym_b + 1))
     syms = t.arrow(sym_b, sym_e, null)
     cut = np.flatnonzero(np.diff(owner)) + 1
     offsets = np.concatenate([[0], cut, [n]]).astype(np.int64)
