@@ -121,6 +121,17 @@ def symbol_names(kallsyms, addrs: pl.Series) -> pl.Series:
     return pl.select(pl.when(pl.Series(ok)).then(got)).to_series()
 
 
+def _read(trace: Trace, name: str, columns: tuple[str, ...]) -> pl.DataFrame:
+    """The columns of event ``name`` that exist among ``columns``: projected through :meth:`Trace.scan`, so a
+    converted dataset reads only those columns' files (a trace in memory gives its frame's columns)."""
+    lf = trace.scan(name)
+    have = set(lf.collect_schema().names())
+    return lf.select([c for c in columns if c in have]).collect()
+
+
+_IDS = ("ts", "cpu", "common_pid", "common_comm")
+
+
 def _stack_names(trace: Trace, stacks: pl.DataFrame) -> pl.Series:
     """``callers`` of kernel_stack rows, resolving ``caller`` addresses through the trace's kallsyms if needed."""
     if "callers" in stacks.columns:
@@ -152,8 +163,8 @@ def contention_waits(trace: Trace, set_re: str, internal_re: str, callers: int =
         (waits with :data:`WAITS_SCHEMA`, counts: ``unmatched_begin`` (no end before the trace ends),
         ``unmatched_end`` (no begin: the wait started before the trace), ``no_stack`` (waits without a stack)).
     """
-    beg = trace.events("contention_begin")
-    end = trace.events("contention_end")
+    beg = _read(trace, "contention_begin", (*_IDS, "lock_addr", "flags"))
+    end = _read(trace, "contention_end", (*_IDS, "lock_addr"))
     comm = pl.col("common_comm") if "common_comm" in beg.columns else pl.lit(None, pl.String)
     b = beg.select(pl.col("ts").cast(pl.Int64), pl.col("cpu").cast(pl.Int32), pl.col("common_pid").cast(pl.Int32)
                    .alias("pid"), comm.cast(pl.String).alias("comm"), pl.col("lock_addr").cast(pl.UInt64),
@@ -176,7 +187,7 @@ def contention_waits(trace: Trace, set_re: str, internal_re: str, callers: int =
     path = pl.lit(None, pl.String)
     in_set = pl.lit(False)
     if trace.has("kernel_stack") and w.height:
-        st = trace.events("kernel_stack")
+        st = _read(trace, "kernel_stack", (*_IDS, "callers", "caller"))
         st = st.select(pl.col("ts").cast(pl.Int64).alias("st_ts"), pl.col("cpu").cast(pl.Int32),
                        pl.col("common_pid").cast(pl.Int32).alias("pid"),
                        _stack_names(trace, st).alias("stack")).sort("st_ts")
@@ -252,7 +263,7 @@ def funcgraph_intervals(trace: Trace, set_re: str) -> pl.DataFrame:
         column) are left out; ``pid`` is null where the text names no task (tracefs without ``funcgraph-proc`` on
         a CPU that never switched tasks).
     """
-    ex = trace.events("funcgraph_exit")
+    ex = _read(trace, "funcgraph_exit", (*_IDS, "func", "func_sym", "calltime", "rettime"))
     names = pl.Series([None] * ex.height, dtype=pl.String)
     if "func_sym" in ex.columns:
         names = ex["func_sym"].cast(pl.String)
@@ -275,7 +286,7 @@ def function_calls(trace: Trace, set_re: str) -> pl.DataFrame:
         per ``pid``, ``comm`` and ``path`` (``parent → function``): ``calls``, ``first_ts``, ``last_ts``; most calls
         first.
     """
-    fn = trace.events("function")
+    fn = _read(trace, "function", (*_IDS, "ip", "ip_sym", "parent_ip", "parent_ip_sym"))
 
     def named(field: str) -> pl.Series:
         if f"{field}_sym" in fn.columns:
