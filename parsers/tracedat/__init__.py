@@ -136,9 +136,10 @@ def _ts_offset(md: dict) -> int:
     return off
 
 
-def _to_ns(raw: np.ndarray, md: dict) -> np.ndarray:
-    """trace-input.c timestamp_calc(): ``mul_u64_u32_shr`` by TSC2NSEC, then the DATE/OFFSET offset; Int64."""
-    out = np.empty(len(raw), np.uint64)
+def _to_ns(raw: np.ndarray, md: dict, out: np.ndarray | None = None) -> np.ndarray:
+    """trace-input.c timestamp_calc(): ``mul_u64_u32_shr`` by TSC2NSEC, then the DATE/OFFSET offset; Int64
+    (written into ``out``, a uint64 array that may be ``raw`` itself)."""
+    out = np.empty(len(raw), np.uint64) if out is None else out
     t = md.get("tsc2nsec")
     off = np.uint64(_ts_offset(md) % (1 << 64))
     for a in range(0, len(raw), _TS_CHUNK):  # in row chunks: temporaries of one chunk, not of the column
@@ -276,11 +277,13 @@ def _read(mm, path: str, buffer: str | None, progress) -> Trace:
         damage.extend(recs.damage)
         if base:
             recs.data += base
-        cols.append((recs.data, recs.length, _to_ns(recs.ts, md), recs.page + npages if npages else recs.page))
         pages.append((ps.starts + base, ps.starts + base + page_size, ps.cpu, ps.group))
         lost_rows.append((ps.cpu, ps.group, recs.lost))
         if recs.lost.any():
             marks.append(_lost_marks(ps, recs, md, info.big_endian))
+        # raw clock to ns in place: the raw values are not needed any more
+        cols.append((recs.data, recs.length, _to_ns(recs.ts, md, out=recs.ts),
+                     recs.page + npages if npages else recs.page))
         npages += len(ps.starts)
         del recs, ps
         base += n

@@ -46,6 +46,7 @@ class Records:
         bytes; ``ts``: raw timestamp (the clock's units, before TSC2NSEC/offsets).
         lost: per page, events the kernel reported lost (count, or -1 when the count was not stored; 0 = none).
         damage: one error per page that could not be decoded (its records are dropped, the rest kept).
+        at: (from one range's walk, before :func:`walk` places them) each record's place in page order.
     """
 
     page: np.ndarray
@@ -54,6 +55,7 @@ class Records:
     ts: np.ndarray
     lost: np.ndarray
     damage: list[ParseError]
+    at: np.ndarray | None = None
 
 
 def pageset_bytes(parts: list[tuple[int, int, list, int, bool]], page_size: int) -> int:
@@ -122,12 +124,6 @@ def _u64_at(u32: np.ndarray, off: np.ndarray, big: bool) -> np.ndarray:
     return (a << np.uint64(32)) | b if big else a | (b << np.uint64(32))
 
 
-def _placed(x: np.ndarray, at: np.ndarray) -> np.ndarray:
-    out = np.empty_like(x)
-    out[at] = x
-    return out
-
-
 def _page_error(ps: PageSet, page: int, page_size: int, path: str, what: str, found: str) -> ParseError:
     base = 0
     for off, n, cpu, comp in ps.where:
@@ -153,18 +149,33 @@ def walk(ps: PageSet, page_size: int, long_size: int, big: bool, path: str, thre
         lo += n
     if not bounds:
         bounds = [(0, len(ps.starts))]
+    def one(b: tuple[int, int]) -> Records:
+        return _walk_range(ps, b[0], b[1], page_size, long_size, big, path)
+
     if threads > 1 and len(bounds) > 1:
         with ThreadPoolExecutor(threads) as pool:
-            parts = list(pool.map(lambda b: _walk_range(ps, b[0], b[1], page_size, long_size, big, path), bounds))
+            parts = list(pool.map(one, bounds))
     else:
-        parts = [_walk_range(ps, a, b, page_size, long_size, big, path) for a, b in bounds]
-    if len(parts) == 1:
-        return parts[0]
-    cols = []
-    for k in ("page", "data", "length", "ts"):  # one column at a time, the parts' copies freed as it is joined
-        cols.append(np.concatenate([getattr(r, k) for r in parts]))
-        for r in parts:
-            setattr(r, k, None)
+        parts = [one(b) for b in bounds]
+    # every range's records put in page order straight into their slice of the joined columns
+    total = sum(len(r.page) for r in parts)
+    cols = [np.empty(total, x.dtype) for x in (parts[0].page, parts[0].data, parts[0].length, parts[0].ts)]
+    base = np.cumsum([0] + [len(r.page) for r in parts])
+
+    def place(i: int) -> None:
+        r = parts[i]
+        r.at += base[i]
+        for c, k in enumerate(("page", "data", "length", "ts")):
+            cols[c][r.at] = getattr(r, k)
+            setattr(r, k, None)  # the walk-order copy freed as soon as it is placed
+        r.at = None
+
+    if threads > 1 and len(parts) > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(place, range(len(parts))))
+    else:
+        for i in range(len(parts)):
+            place(i)
     return Records(*cols, np.concatenate([r.lost for r in parts]), [d for r in parts for d in r.damage])
 
 
@@ -284,13 +295,8 @@ def _walk_range(ps: PageSet, lo: int, hi: int, page_size: int, long_size: int, b
     counts = np.bincount(local, minlength=hi - lo)
     at = (np.cumsum(counts) - counts)[local] + nth
     del local, counts, nth
-    # one array at a time, each walk-order array freed as its page-order copy is made
-    page = _placed(page, at)
-    data = _placed(data, at)
-    length = _placed(length, at)
-    rts = _placed(rts, at)
-    del at
     damage = [_page_error(ps, i + lo, page_size, path, "a valid ring-buffer page", r)
               for i, r in sorted(reason.items())]
     lost[bad] = 0
-    return Records(page, data, length, rts, lost, damage)
+    # the caller places the records (``at``: each one's place in page order within this range)
+    return Records(page, data, length, rts, lost, damage, at)
