@@ -236,6 +236,29 @@ def clear_caches() -> None:
     _ELF_CACHE.clear()
 
 
+def _inherit_maps(m: pl.DataFrame, fork: pl.DataFrame) -> pl.DataFrame:
+    """A forked process starts with its parent's maps as they were at the fork, as perf's thread model clones them
+    (PERF_RECORD_FORK with pid != ppid; no MMAP records follow for the inherited ones). Inherited rows keep their
+    ``seq``, so the child's own later maps at the same address win; forks of forks inherit in turn."""
+    kids = (fork.filter(pl.col("pid") != pl.col("ppid"))
+            .select(pl.col("pid").cast(pl.Int64).alias("child"), pl.col("ppid").cast(pl.Int64).alias("parent"),
+                    pl.col("time").cast(pl.Int64).alias("ftime"))
+            .unique("child", keep="first"))
+    if not kids.height:
+        return m
+    frontier = m
+    for _ in range(64):  # one generation per round
+        got = (kids.join(frontier, left_on="parent", right_on="pid", how="inner")
+               .filter(pl.col("ts") <= pl.col("ftime"))
+               .select(pl.col("child").alias("pid"), *[c for c in m.columns if c != "pid"]))
+        got = got.join(m.select("pid", "src", "seq"), on=["pid", "src", "seq"], how="anti")
+        if not got.height:
+            break
+        m = pl.concat([m, got.select(m.columns)])
+        frontier = got
+    return m
+
+
 def _take(df: pl.DataFrame, order: np.ndarray) -> pl.DataFrame:
     """``df[order]``, numeric columns without nulls gathered by numpy (its large arrays get huge pages, and Polars
     takes them without a copy), the others by Polars."""
@@ -265,12 +288,16 @@ class Symbolizer:
     @staticmethod
     def _maps(tables) -> pl.DataFrame | None:
         parts = [tables[k].select(pl.col("pid").cast(pl.Int64), pl.col("addr"), pl.col("len"), pl.col("pgoff"),
-                                  pl.col("filename"), pl.int_range(pl.len()).alias("seq"))
-                 for k in ("mmap", "mmap2") if k in tables]
+                                  pl.col("filename"), pl.int_range(pl.len()).alias("seq"), pl.lit(src).alias("src"),
+                                  (pl.col("ts") if "ts" in tables[k].columns else pl.lit(0)).cast(pl.Int64).alias("ts"))
+                 for src, k in enumerate(("mmap", "mmap2")) if k in tables]
         if not parts:
             return None
         m = pl.concat(parts).filter(pl.col("pid") >= 0)
-        return m.sort(["pid", "addr", "seq"])
+        fork = tables.get("fork")
+        if fork is not None and fork.height and m.height:
+            m = _inherit_maps(m, fork)
+        return m.drop("ts", "src").sort(["pid", "addr", "seq"])
 
     def _pid_classes(self, pid: np.ndarray) -> np.ndarray:
         """Each pid replaced by the smallest pid whose maps are the same rows (its user addresses name the same), or
@@ -284,6 +311,8 @@ class Symbolizer:
                        .agg(pl.col("pid"), pl.col("pid").min().alias("rep")).select("pid", "rep")
                        .explode("pid").sort("pid"))
                 self._classes = cls["pid"].to_numpy().astype(np.int64), cls["rep"].to_numpy().astype(np.int64)
+                # addresses are looked up under their class's pid only: the other processes' rows are not needed
+                self.maps = self.maps.filter(pl.col("pid").is_in(cls["rep"].unique().implode()))
         pids, reps = self._classes
         pid = np.asarray(pid, dtype=np.int64)
         if not len(pids):
@@ -322,6 +351,7 @@ class Symbolizer:
         dso = np.full(n, UNKNOWN, dtype=object)
         if self.maps is None or not n or not self.maps.height:
             return sym, dso
+        self._pid_classes(np.zeros(0, dtype=np.int64))  # (keeps only the maps of each class's pid)
         m = self.maps
         mpid = m["pid"].to_numpy()
         mstart = m["addr"].to_numpy().astype(np.uint64)
