@@ -168,6 +168,7 @@ def _buffer_prefix(t: Text, rows: np.ndarray) -> tuple[np.ndarray, pl.Series | N
         r = np.arange(len(part))
         ok = (stop > 0) & (w[r, stop] == _COLON) & (w[r, np.minimum(stop + 1, _K_BUF - 1)] == _SP)
         ok &= (stop + 2 < _K_BUF) & (begin[part] + stop + 2 <= t.ends[rows][part])
+        ok &= begin[part] < len(view)        # a window clipped at the buffer's end does not start at the line
         # a few distinct names: each is matched against the whole chunk at once
         known = list(range(1, len(names)))
         while ok.any():
