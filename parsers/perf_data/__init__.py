@@ -214,7 +214,7 @@ class _Reader:
                 self._feature("tracing_data", bytes(mv[p + size:p + size + n]), where + size, stream.path)
             elif typ == L.T["EVENT_UPDATE"]:
                 kind, ev_id = int.from_bytes(body[:8], order), int.from_bytes(body[8:16], order)
-                if kind == 1:  # PERF_EVENT_UPDATE__NAME
+                if kind == 2:  # PERF_EVENT_UPDATE__NAME (0 UNIT, 1 SCALE, 3 CPUS)
                     self.event_names[ev_id] = body[16:].split(b"\0", 1)[0].decode("utf-8", "replace")
 
     # -- records ----------------------------------------------------------------------------------------------

@@ -55,6 +55,20 @@ class Attr:
         return f"type{typ}:{cfg:#x}"
 
 
+_FLAGS_AT = L.perf_event_attr.fields["flags"][1]
+_REV = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
+
+
+def _be_bitfield(raw: bytes) -> int:
+    """The attr bitfield of a big-endian writer in the little-endian bit numbering of :data:`ATTR_FLAG_BITS`: bits
+    reversed within each byte, bytes in place (perf's ``swap_bitfield``); the 2-bit ``precise_ip`` keeps its value's
+    bit order (perf's own swap would read 1 as 2)."""
+    v = int.from_bytes(bytes(_REV[b] for b in raw), "little")
+    p = L.ATTR_FLAG_BITS.index("precise_ip")
+    lo, hi = (v >> p) & 1, (v >> (p + 1)) & 1
+    return (v & ~(3 << p)) | (hi << p) | (lo << (p + 1))
+
+
 def parse_attr(raw: bytes, big: bool) -> dict:
     """A perf_event_attr of any size (shorter versions zero-extended, longer ones cut) as a dict."""
     dt = L.order(L.perf_event_attr, big)
@@ -62,6 +76,9 @@ def parse_attr(raw: bytes, big: bool) -> dict:
     rec = np.frombuffer(buf, dtype=dt)[0]
     out = {name: rec[name].item() for name in dt.names}
     flags = int(out["flags"])
+    if big:  # a big-endian compiler allocates the bitfield from the top bit of its first byte (perf: swap_bitfield)
+        flags = _be_bitfield(buf[_FLAGS_AT:_FLAGS_AT + 8])
+        out["flags"] = flags
     for i, name in enumerate(L.ATTR_FLAG_BITS):
         if name != "precise_ip_hi":
             out[name] = (flags >> i) & (3 if name == "precise_ip" else 1)
