@@ -129,7 +129,9 @@ _NAME = re.compile(r"^[A-Za-z_][\w.+-]*$")
 #: the part of a line up to the "]" after the cpu (few distinct values: one per task and cpu)
 _HEAD = re.compile(r"^\s*(?P<comm>\S.*?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]$", re.S)
 _FLAGS = re.compile(r"^[.A-Za-z0-9]{4,5}$")
-_TS = r"^\d+(?:\.\d+)?$"
+#: seconds.fraction or a raw count that fits Int64 nanoseconds (longer digit runs are damage: left to the slow path)
+_TS = r"^(?:\d{1,9}\.\d{1,9}|\d{1,18})$"
+_PID_MAX = 2**31 - 1
 
 
 def _heads(heads: pl.Series) -> pl.DataFrame:
@@ -138,7 +140,8 @@ def _heads(heads: pl.Series) -> pl.DataFrame:
     rows = []
     for h in uniq:
         m = _HEAD.match(h) if h is not None else None
-        rows.append((h, True, m["comm"].strip(), int(m["pid"]), int(m["cpu"])) if m else (h, False, None, None, None))
+        ok = m is not None and int(m["pid"]) <= _PID_MAX and int(m["cpu"]) <= _PID_MAX
+        rows.append((h, True, m["comm"].strip(), int(m["pid"]), int(m["cpu"])) if ok else (h, False, None, None, None))
     return pl.DataFrame(rows, schema={"_head": pl.String, "_hok": pl.Boolean, "comm": pl.String, "pid": pl.Int64,
                                       "cpu": pl.Int32}, orient="row")
 

@@ -246,3 +246,18 @@ def test_function_tracer_lines(tmp_path):
     assert fn["ip_sym"].to_list() == ["kvm_pmu_deliver_pmi", "__mutex_lock.constprop.0"]
     assert fn["parent_ip_sym"].to_list() == ["kvm_pmu_handle_event", "perf_event_ctx_lock_nested.isra.0"]
     assert fn["common_comm"].to_list() == ["CPU 0/KVM"] * 2 and fn["ip"].null_count() == 2
+
+
+@pytest.mark.parametrize("damage", ["pid", "ts"])
+def test_digits_beyond_the_column_types_give_nulls_not_exceptions(tmp_path, damage):
+    """A pid or timestamp with more digits than Int32/Int64 hold (a damaged paste): the line is kept, the field null."""
+    line = " record_same_buf-5056  [001]3696155043934: sched_wakeup_new:     record_same_buf:5144 [120] CPU:000"
+    bad = (line.replace("-5056 ", "-12345678901234567890123 ") if damage == "pid"
+           else line.replace("3696155043934:", "123456789012345678901234567:"))
+    text = "\n".join([line.replace("5144", "5143"), bad, line.replace("5144", "5145")]) + "\n"
+    p = tmp_path / "t.txt"
+    p.write_text(text)
+    df = tracekit.load(p).events("sched_wakeup_new")
+    assert df["pid"].to_list() == [5143, 5144, 5145]
+    col = "common_pid" if damage == "pid" else "ts"
+    assert df[col].null_count() == 1 and df[col][1] is None
