@@ -15,7 +15,9 @@ What is inverted (the field gets the value):
       of f> : "text"`` (the text branch → 0), and kvm_exit's ``(REC->isa == 1) ? __print_symbolic(…) :
       __print_symbolic(…)`` (the table that knows the name gives ``exit_reason``; the first table also sets ``isa``);
     - several conversions that feed the same integer field are OR-ed (kvm_exit's ``FAILED_VMENTRY`` flag,
-      sched_switch's ``prev_state`` ``+``).
+      sched_switch's ``prev_state`` ``+``);
+    - a fixed array printed element by element as numbers, ``REC->a[0]`` … ``REC->a[n-1]`` (sys_enter's ``args``):
+      the list, when every element is printed.
 
 What is not (the field comes out null): ``%ps``/``%pS`` (a symbol name has no address without kallsyms), fields
 printed only through arithmetic (``REC->flags >> 22``), ``__print_hex``/``__print_array``/bitmasks, GNU statement
@@ -33,7 +35,20 @@ import polars as pl
 from ..errors import ParseError
 from ..formats import EventFormat
 from .compile import Compiler
-from .grammar import Binary, Call, Cast, Cond, Conversion, Field, Node, Num, Str, parse_conversions, parse_print_fmt
+from .grammar import (
+    Binary,
+    Call,
+    Cast,
+    Cond,
+    Conversion,
+    Field,
+    Index,
+    Node,
+    Num,
+    Str,
+    parse_conversions,
+    parse_print_fmt,
+)
 from .values import _cast_mask, _fold
 
 __all__ = ["info_parser"]
@@ -144,6 +159,7 @@ class _Plan:
         self.cover: dict[str, int] = {}
         self.uninverted: set[str] = set()
         self.strs: dict[str, pl.Expr] = {}
+        self.elems: dict[str, dict[int, pl.Expr]] = {}  # REC->arr[i] printed as a number: index → value
         self.groups = 0
 
     def group(self, pattern: str) -> str:
@@ -262,6 +278,13 @@ def _plan_arg_inner(plan: _Plan, conv: Conversion, arg: Node) -> None:
     if conv.conv == "p" and conv.ext:
         plan.regex.append(f"(?:{pat})")
         return
+    if conv.conv != "s" and isinstance(arg, Index) and isinstance(arg.base, Field) and isinstance(arg.index, Num):
+        dt = schema.get(arg.base.name)
+        if isinstance(dt, pl.List) and dt.inner.is_integer():
+            g = plan.group(pat)
+            plan.elems.setdefault(arg.base.name, {})[arg.index.value] = _num_text(pl.col("_m").struct.field(g),
+                                                                                  conv.conv)
+            return
     if conv.conv != "s":
         field, mask = _field_of(arg, schema)
         dt = schema.get(field) if field else None
@@ -388,6 +411,9 @@ def info_parser(fmt: EventFormat, long_size: int = 8) -> Callable[[pl.Series], p
         _plan_arg(plan, part, args.pop(0))
     pattern = "(?s)^" + "".join(plan.regex).rstrip("\n") + r"\n?$"
     strs = plan.strs
+    # a fixed array comes back when every element is printed, each as a whole number (sys_enter's args[0..5])
+    lists = {f.name: [plan.elems[f.name][i] for i in range(f.array_len)] for f in fmt.own_fields
+             if f.array_len and f.name in plan.elems and set(plan.elems[f.name]) == set(range(f.array_len))}
     ints: dict[str, list[pl.Expr]] = {}
     for name, vals in plan.ints.items():
         full = (1 << _bits(schema[name])) - 1
@@ -406,6 +432,11 @@ def info_parser(fmt: EventFormat, long_size: int = 8) -> Callable[[pl.Series], p
             dt = schema[f.name]
             if f.name in strs:
                 cols.append(strs[f.name].cast(dt).alias(f.name))
+            elif f.name in lists:
+                inner = dt.inner
+                items = [_to_dtype(v, inner) for v in lists[f.name]]
+                whole = pl.all_horizontal([v.is_not_null() for v in items])
+                cols.append(pl.when(whole).then(pl.concat_list(items)).cast(dt).alias(f.name))
             elif f.name in ints and dt.is_integer():
                 vals = ints[f.name]
                 v = vals[0]
