@@ -143,6 +143,20 @@ _USED = {"kvm_exit": {"common_pid", "vcpu_id", "exit_reason", "isa"}, "kvm_entry
          "function": {"common_pid", "ip"}, "kvm_pmu_deliver_pmi": {"common_pid"}, "kvm_inj_nmi": {"common_pid"}}
 
 
+def _drop_unused(out: Path, used_by_event: dict[str, set[str]]) -> int:
+    """Rewrite every event file of dataset ``out`` with only ``ts``, ``cpu`` and the columns ``used_by_event``
+    names for it; returns how many columns were deleted."""
+    man = json.loads((out / "tracekit.json").read_text())
+    dropped = 0
+    for key, name in man["events"].items():
+        used = {"ts", "cpu"} | used_by_event.get(key.rsplit(":", 1)[-1], set())
+        for f in [out / name] if (out / name).is_file() else sorted((out / name).glob("*.parquet")):
+            df = pl.read_parquet(f)
+            dropped += len(set(df.columns) - used)
+            df.select([c for c in df.columns if c in used]).write_parquet(f)
+    return dropped
+
+
 def _run_rules(trace, names=("exit-stats", "multi-pmi-per-exit")) -> dict:
     from tracekit.detectors import Inputs, registry
 
@@ -152,15 +166,7 @@ def _run_rules(trace, names=("exit-stats", "multi-pmi-per-exit")) -> dict:
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_kvm_rules_read_only_their_columns(kvm_dat, tmp_path, stream):
     out = convert(kvm_dat, tmp_path / "ds", stream=stream, batch_pages=4)
-    man = json.loads((out / "tracekit.json").read_text())
-    dropped = 0
-    for key, name in man["events"].items():
-        used = {"ts", "cpu"} | _USED.get(key.rsplit(":", 1)[-1], set())
-        for f in [out / name] if (out / name).is_file() else sorted((out / name).glob("*.parquet")):
-            df = pl.read_parquet(f)
-            dropped += len(set(df.columns) - used)
-            df.select([c for c in df.columns if c in used]).write_parquet(f)
-    assert dropped > 50
+    assert _drop_unused(out, _USED) > 50
     ds = tracekit.load(out)
     got, want = _run_rules(ds), _run_rules(tracekit.load(kvm_dat))
     assert not ds._cache  # no event was collected whole: only the scans' projected columns were read
@@ -192,15 +198,7 @@ def test_mutex_hotspots_reads_only_its_columns(tmp_path):
     dataset; its frames and findings equal the in-memory run's, and no event is collected whole."""
     src = Path(__file__).parent / "data" / "tracedat" / "contention_v7_zstd.dat"
     out = convert(src, tmp_path / "ds")
-    man = json.loads((out / "tracekit.json").read_text())
-    dropped = 0
-    for key, name in man["events"].items():
-        used = {"ts", "cpu"} | _LOCK_USED.get(key.rsplit(":", 1)[-1], set())
-        for f in [out / name] if (out / name).is_file() else sorted((out / name).glob("*.parquet")):
-            df = pl.read_parquet(f)
-            dropped += len(set(df.columns) - used)
-            df.select([c for c in df.columns if c in used]).write_parquet(f)
-    assert dropped > 5
+    assert _drop_unused(out, _LOCK_USED) > 5
     ds = tracekit.load(out)
     got = _run_rules(ds, ("mutex-hotspots",))["mutex-hotspots"]
     want = _run_rules(tracekit.load(src), ("mutex-hotspots",))["mutex-hotspots"]
