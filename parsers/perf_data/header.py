@@ -55,18 +55,27 @@ class Attr:
         return f"type{typ}:{cfg:#x}"
 
 
-_FLAGS_AT = L.perf_event_attr.fields["flags"][1]
+FLAGS_AT = L.perf_event_attr.fields["flags"][1]
 _REV = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
+_PRECISE_IP = L.ATTR_FLAG_BITS.index("precise_ip")
+
+
+def _swap_precise_ip(v: int) -> int:
+    """The 2-bit ``precise_ip`` with its two bits exchanged: bit reversal turns the field around, and its value
+    keeps its bit order (perf's own swap would read 1 as 2)."""
+    lo, hi = (v >> _PRECISE_IP) & 1, (v >> (_PRECISE_IP + 1)) & 1
+    return (v & ~(3 << _PRECISE_IP)) | (hi << _PRECISE_IP) | (lo << (_PRECISE_IP + 1))
 
 
 def _be_bitfield(raw: bytes) -> int:
     """The attr bitfield of a big-endian writer in the little-endian bit numbering of :data:`ATTR_FLAG_BITS`: bits
-    reversed within each byte, bytes in place (perf's ``swap_bitfield``); the 2-bit ``precise_ip`` keeps its value's
-    bit order (perf's own swap would read 1 as 2)."""
-    v = int.from_bytes(bytes(_REV[b] for b in raw), "little")
-    p = L.ATTR_FLAG_BITS.index("precise_ip")
-    lo, hi = (v >> p) & 1, (v >> (p + 1)) & 1
-    return (v & ~(3 << p)) | (hi << p) | (lo << (p + 1))
+    reversed within each byte, bytes in place (perf's ``swap_bitfield``)."""
+    return _swap_precise_ip(int.from_bytes(bytes(_REV[b] for b in raw), "little"))
+
+
+def be_bitfield_bytes(flags: int) -> bytes:
+    """The inverse of the big-endian reading: the 8 bitfield bytes a big-endian writer stores for ``flags``."""
+    return bytes(_REV[b] for b in _swap_precise_ip(flags).to_bytes(8, "little"))
 
 
 def parse_attr(raw: bytes, big: bool) -> dict:
@@ -77,7 +86,7 @@ def parse_attr(raw: bytes, big: bool) -> dict:
     out = {name: rec[name].item() for name in dt.names}
     flags = int(out["flags"])
     if big:  # a big-endian compiler allocates the bitfield from the top bit of its first byte (perf: swap_bitfield)
-        flags = _be_bitfield(buf[_FLAGS_AT:_FLAGS_AT + 8])
+        flags = _be_bitfield(buf[FLAGS_AT:FLAGS_AT + 8])
         out["flags"] = flags
     for i, name in enumerate(L.ATTR_FLAG_BITS):
         if name != "precise_ip_hi":

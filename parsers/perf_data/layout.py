@@ -75,6 +75,8 @@ SAMPLE_BITS = (
     "CGROUP", "DATA_PAGE_SIZE", "CODE_PAGE_SIZE", "WEIGHT_STRUCT",
 )
 S = {name: 1 << i for i, name in enumerate(SAMPLE_BITS)}
+#: the ``sample_id`` trailer of non-sample records (``sample_id_all``): these bits' u64 words, in this order
+SAMPLE_ID_FIELDS = ("TID", "TIME", "ID", "STREAM_ID", "CPU", "IDENTIFIER")
 
 # enum perf_event_read_format
 READ_TOTAL_TIME_ENABLED, READ_TOTAL_TIME_RUNNING, READ_ID, READ_GROUP, READ_LOST = 1, 2, 4, 8, 16

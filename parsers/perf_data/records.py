@@ -327,18 +327,14 @@ def decompress(stream: Stream, pos: np.ndarray, types: np.ndarray, dctx: zstanda
 # -- non-sample records as tables ------------------------------------------------------------------------------
 def sample_id_size(sample_type: int) -> int:
     """Bytes of the ``sample_id`` trailer (``sample_id_all``) for a sample_type."""
-    n = 0
-    for bit, size in (("TID", 8), ("TIME", 8), ("ID", 8), ("STREAM_ID", 8), ("CPU", 8), ("IDENTIFIER", 8)):
-        if sample_type & L.S[bit]:
-            n += size
-    return n
+    return 8 * sum(1 for bit in L.SAMPLE_ID_FIELDS if sample_type & L.S[bit])
 
 
 def sample_id_columns(stream: Stream, pos: np.ndarray, ends: np.ndarray, sample_type: int) -> dict[str, np.ndarray]:
     """The ``sample_id`` trailer fields (pid, tid, time, id, stream_id, cpu) of records ending at ``ends``."""
     cur = ends - sample_id_size(sample_type)
     out: dict[str, np.ndarray] = {}
-    for bit in ("TID", "TIME", "ID", "STREAM_ID", "CPU", "IDENTIFIER"):
+    for bit in L.SAMPLE_ID_FIELDS:
         if not sample_type & L.S[bit]:
             continue
         w = stream.u64(cur)

@@ -19,24 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from tracekit.parsers.perf_data import layout as L
+from tracekit.parsers.perf_data.header import FLAGS_AT, be_bitfield_bytes
+from tracekit.parsers.perf_data.records import sample_id_size
 
-_REV = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
-_PRECISE_IP = 15  # the 2-bit precise_ip field starts at bit 15 of the attr bitfield
-_FLAGS_AT = 40  # offset of the bitfield in perf_event_attr
 _U64_SAMPLE_BITS = ("IP", "TIME", "ADDR", "ID", "STREAM_ID", "PERIOD", "WEIGHT", "DATA_SRC", "TRANSACTION",
                     "PHYS_ADDR", "CGROUP", "IDENTIFIER")
 _SAMPLE_ORDER = ("IDENTIFIER", "IP", "TID", "TIME", "ADDR", "ID", "STREAM_ID", "CPU", "PERIOD", "CALLCHAIN",
                  "WEIGHT", "DATA_SRC", "TRANSACTION", "PHYS_ADDR", "CGROUP")
 _KEPT_FEATURES = ("hostname", "osrelease", "version", "arch", "nrcpus", "cpudesc", "cpuid", "total_mem", "cmdline",
                   "event_desc", "sample_time", "clockid", "clock_data")
-
-
-def _flags_to_big(raw: bytes) -> bytes:
-    """The 8 bitfield bytes of a little-endian attr as a big-endian compiler lays them out."""
-    v = int.from_bytes(raw, "little")
-    lo, hi = (v >> _PRECISE_IP) & 1, (v >> (_PRECISE_IP + 1)) & 1  # a 2-bit field keeps its value's bit order
-    v = (v & ~(3 << _PRECISE_IP)) | (lo << (_PRECISE_IP + 1)) | (hi << _PRECISE_IP)
-    return bytes(_REV[b] for b in v.to_bytes(8, "little"))
 
 
 def _swap(buf: bytearray, pos: int, fmt: str) -> int:
@@ -56,7 +47,7 @@ def _attr_to_big(raw: bytes) -> bytes:
     size = len(raw)
     full = bytearray(raw[:L.perf_event_attr.itemsize].ljust(L.perf_event_attr.itemsize, b"\0"))
     _swap_dtype(full, 0, L.perf_event_attr)
-    full[_FLAGS_AT:_FLAGS_AT + 8] = _flags_to_big(raw[_FLAGS_AT:_FLAGS_AT + 8])
+    full[FLAGS_AT:FLAGS_AT + 8] = be_bitfield_bytes(int.from_bytes(raw[FLAGS_AT:FLAGS_AT + 8], "little"))
     out[:min(size, len(full))] = full[:min(size, len(full))]
     return bytes(out)
 
@@ -95,9 +86,7 @@ def _swap_fields(buf: bytearray, pos: int, st: int, order: tuple[str, ...]) -> i
 
 
 def _trailer(buf: bytearray, end: int, st: int) -> None:
-    from tracekit.parsers.perf_data.records import sample_id_size
-
-    _swap_fields(buf, end - sample_id_size(st), st, ("TID", "TIME", "ID", "STREAM_ID", "CPU", "IDENTIFIER"))
+    _swap_fields(buf, end - sample_id_size(st), st, L.SAMPLE_ID_FIELDS)
 
 
 def _records(buf: bytearray, start: int, end: int, st: int, sample_id_all: bool) -> None:
@@ -213,7 +202,7 @@ def to_big_endian(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     sample_id_all = False
     while pos < end:
         raw = bytes(buf[pos:pos + attr_size])
-        sample_id_all |= bool(int.from_bytes(raw[_FLAGS_AT:_FLAGS_AT + 8], "little") & L.FLAG_SAMPLE_ID_ALL)
+        sample_id_all |= bool(int.from_bytes(raw[FLAGS_AT:FLAGS_AT + 8], "little") & L.FLAG_SAMPLE_ID_ALL)
         buf[pos:pos + attr_size] = _attr_to_big(raw)
         ids_off, ids_size = struct.unpack_from("<QQ", buf, pos + attr_size)
         _swap(buf, pos + attr_size, "QQ")
