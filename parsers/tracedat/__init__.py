@@ -31,11 +31,7 @@ from tracekit.model import LOST_MARKS_SCHEMA, LOST_SCHEMA, Trace
 from tracekit.symbols import Kallsyms
 
 from . import layout as L
-from .frames import (
-    _frame,  # noqa: F401 - the streaming reader's frame builder
-    _State,
-    frame_from_records,
-)
+from .frames import _State, frame_from_records
 from .pages import build_pageset, pageset_bytes, walk
 from .records import EventRecords, count, gather_events, page_buffer
 from .sections import Blob, FileInfo, cpu_chunks, fill_chunks, read_info

@@ -41,7 +41,6 @@ class _State:
     buffer_names: list[str]
     kallsyms: Kallsyms | None
     printk: dict[int, str]
-    pending: int = 0
     comm_lookup: tuple | None = None
 
 

@@ -443,20 +443,21 @@ def fill_chunks(b: Blob, info: FileInfo, chunks: list[tuple[int, int, int]], des
             for at in range(0, usize, _COPY_SLICE):
                 n = min(_COPY_SLICE, usize - at)
                 dest[pos + at:pos + at + n] = np.frombuffer(b.data, np.uint8, count=n, offset=off + at)
-                _unmap(b.data, off + at, n)
+                drop_pages(b.data, off + at, n)
         elif info.compression == "zstd":
             _zstd_into(b.take(off, csize, "a compressed chunk"), dest[pos:pos + usize], b.path, off - 8, dctx)
         else:
             out = decompress(info.compression, b.take(off, csize, "a compressed chunk"), usize, b.path, off - 8)
             dest[pos:pos + usize] = np.frombuffer(out, np.uint8)
         if compressed:
-            _unmap(b.data, off, csize)
+            drop_pages(b.data, off, csize)
         pos += usize
 
 
-def _unmap(data, off: int, n: int) -> None:
-    """Drop the file's pages just copied out of the memory map from this process (they stay in the page cache):
-    otherwise the file's CPU data counts in the reader's resident memory beside its decoded copy."""
+def drop_pages(data, off: int, n: int) -> None:
+    """Drop the file's pages of bytes ``off:off + n`` of a memory map from this process (a read-only map's pages stay
+    in the page cache and fault back in if read again, but no longer count in RSS): otherwise the file's CPU data
+    counts in the reader's resident memory beside its decoded copy. Other buffers (bytes, pread) are left alone."""
     if isinstance(data, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
         lo = off // mmap.PAGESIZE * mmap.PAGESIZE
         hi = min(len(data), off + n)

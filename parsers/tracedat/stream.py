@@ -21,16 +21,10 @@ from tracekit.formats import EventFormat
 from tracekit.model import LOST_MARKS_SCHEMA, Trace
 from tracekit.symbols import Kallsyms
 
-from . import (
-    _context,
-    _frame,
-    _lost_frame,
-    _lost_marks,
-    _State,
-    _to_ns,
-)
+from . import _context, _lost_frame, _lost_marks, _to_ns
+from .frames import _frame, _State
 from .pages import build_pageset, walk
-from .sections import Blob, cpu_chunks, fill_chunks
+from .sections import Blob, cpu_chunks, drop_pages, fill_chunks
 
 __all__ = ["StreamHeader", "open_stream", "BATCH_PAGES"]
 
@@ -104,15 +98,6 @@ class _Pread:
         return os.pread(self.fd, max(0, min(s.stop, self.size) - s.start), s.start)
 
 
-def _release(mm: mmap.mmap) -> None:
-    """Drop the file's pages from this process's resident set (a read-only map's pages stay in the page cache and
-    fault back in if read again, but are no longer counted in RSS, which otherwise grows with every byte of the file
-    read). The whole map, after every batch: pages a decoder touched outside the batch's chunks go too (on
-    /work/big/big_v7_zstd.dat that was 22 MB; the batch phase's peak RSS 137 -> 115 MiB)."""
-    if hasattr(mmap, "MADV_DONTNEED"):
-        mm.madvise(mmap.MADV_DONTNEED)
-
-
 def open_stream(source: str | os.PathLike, *, buffer: str | None = None, batch_pages: int = BATCH_PAGES
                 ) -> tuple[StreamHeader, Iterator[tuple[str, pl.DataFrame]]]:
     """Open a trace.dat for batched reading.
@@ -136,7 +121,7 @@ def open_stream(source: str | os.PathLike, *, buffer: str | None = None, batch_p
     pids, comms, tables, buffers = ctx.pids, ctx.comms, ctx.tables, ctx.buffers
     header = StreamHeader(path, md, index.by_name(), kallsyms, tables, buffers)
     blob = Blob(mm, path, info.big_endian)
-    _release(mm)  # the header sections, parsed
+    drop_pages(mm, 0, len(mm))  # the header sections, parsed
     fd = os.open(path, os.O_RDONLY)
     heads = Blob(_Pread(fd, len(mm)), path, info.big_endian)
 
@@ -159,13 +144,14 @@ def open_stream(source: str | os.PathLike, *, buffer: str | None = None, batch_p
                 for part in _split(chunks, b.compressed, page_size, batch_pages):
                     ps = build_pageset([(g, c.cpu, part, part[0][0], b.compressed)], page_size, path,
                                        header.damage, lambda ch, dest, z: fill_chunks(blob, info, ch, dest, z))
-                    _release(mm)
+                    # the whole map after each batch: pages a decoder touched outside the batch's chunks go too
+                    # (on /work/big/big_v7_zstd.dat 22 MB; the batch phase's peak RSS 137 -> 115 MiB)
+                    drop_pages(mm, 0, len(mm))
                     recs = walk(ps, page_size, long_size, info.big_endian, path, threads=1)
                     header.damage.extend(recs.damage)
                     if recs.lost.any():  # pages that lost nothing add nothing: kept per lossy page only
                         lossy = recs.lost != 0
                         header.lost_rows.append((ps.cpu[lossy], ps.group[lossy], recs.lost[lossy]))
-                    if recs.lost.any():
                         marks = _lost_marks(ps, recs, md, info.big_endian)
                         if carry is not None:
                             marks = marks.with_columns(pl.col("prev_ts").fill_null(carry))
