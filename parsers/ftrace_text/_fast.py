@@ -8,8 +8,8 @@ What it reads (anything else goes to the Polars classifier of :mod:`._lines`, so
     - frame lines ``=> sym (hex)`` of trace-cmd's ``kernel_stack`` (all of them, or none: any other frame form sends
       every frame line to :func:`._lines.attach_stacks`).
 
-Needs pyarrow (a buffer and offsets become a String column without a Python object per line); without it, or for
-text with mail quotes or invalid UTF-8, :func:`split` returns None and the reader takes the Polars path.
+Uses pyarrow (a buffer and offsets become a String column without a Python object per line). For text with mail
+quotes or invalid UTF-8, :func:`split` returns None and the reader takes the Polars path.
 """
 
 from __future__ import annotations
@@ -19,18 +19,11 @@ import re
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
-try:
-    import pyarrow as pa
-except ImportError:  # pragma: no cover - pyarrow is a dependency; the Polars path still works without it
-    pa = None
+from ._invert import HEX_DIGIT
 
 _SP, _COLON = 32, 58
-_HEX = np.full(256, 255, dtype=np.uint8)
-for _i, _c in enumerate(b"0123456789abcdef"):
-    _HEX[_c] = _i
-for _i, _c in enumerate(b"ABCDEF"):
-    _HEX[_c] = 10 + _i
 
 
 class Text:
@@ -88,9 +81,7 @@ class Text:
 
 
 def split(data: bytes) -> Text | None:
-    """Line bounds of ``data``, or None when the fast path does not apply (no pyarrow, mail quotes, not UTF-8)."""
-    if pa is None:
-        return None
+    """Line bounds of ``data``, or None when the fast path does not apply (mail quotes, not UTF-8)."""
     t = Text(data)
     if len(t.starts) == 0:
         return None
@@ -258,7 +249,7 @@ def parse_events(t: Text, rows: np.ndarray) -> tuple[np.ndarray, pl.DataFrame]:
 def _hex16(chars: np.ndarray) -> np.ndarray | None:
     """Rows of 16 hex digits (an (n, 16) uint8 matrix) → their UInt64 values (a table lookup per character, two
     nibbles per byte, eight bytes viewed big-endian); None when some character is not a hex digit."""
-    nib = _HEX[chars]
+    nib = HEX_DIGIT[chars]
     if (nib == 255).any():
         return None
     by = (nib[:, 0::2] << 4) | nib[:, 1::2]

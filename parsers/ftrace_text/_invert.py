@@ -21,9 +21,10 @@ _CAST = r"(?:\(\s*(?:const\s+|unsigned\s+|signed\s+|struct\s+)*[A-Za-z_]\w*(?:\s
 _DIRECT = re.compile(rf"^{_CAST}\(?\s*{_CAST}REC\s*->\s*(\w+)\s*\)?$")
 _ENTRY = re.compile(r'\{\s*([^{}]+?)\s*,\s*((?:"(?:[^"\\]|\\.)*"\s*)+)\}')
 _SAFE_EXPR = re.compile(r"^[0-9a-fA-FxX\s+\-|&<>()~]+$")
-_HEX = np.full(256, 255, dtype=np.uint8)
-_HEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
-_HEX[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+#: byte → its hex digit's value, 255 for a byte that is no hex digit
+HEX_DIGIT = np.full(256, 255, dtype=np.uint8)
+HEX_DIGIT[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+HEX_DIGIT[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "r": "\r", "0": "\0"}
 
 
@@ -201,7 +202,7 @@ def words_from_array(info: pl.Series, span: pl.Series, size: int, dtype: pl.Data
         for length in np.unique(nchar[counts > 0]):
             rows = np.flatnonzero((nchar == length) & (counts > 0))
             m = np.lib.stride_tricks.sliding_window_view(data, int(length))[begin[rows]]
-            hi, lo = _HEX[m[:, 0::4]], _HEX[m[:, 1::4]]
+            hi, lo = HEX_DIGIT[m[:, 0::4]], HEX_DIGIT[m[:, 1::4]]
             ok = ~((hi == 255) | (lo == 255)).any(axis=1)
             ok &= ((m[:, 2::4] == 44) & (m[:, 3::4] == 32)).all(axis=1)
             k = int(counts[rows[0]]) * size
