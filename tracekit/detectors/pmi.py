@@ -242,13 +242,13 @@ def _candidates(trace: Trace, routes: dict[str, list[str]], lvtpc_vector: int | 
             dm = (pl.col("dm").cast(pl.Int64, strict=False) // 256) % 8
             acc = _common(trace, key, 2, {"apicid": pl.col("apicid").cast(pl.UInt32, strict=False), "vec": pl.col("vec").cast(pl.UInt8, strict=False),
                                        "dm": dm})
+            # aimed at the thread's own vCPU (or the thread's vCPU is unknown)
             vcpu = pl.col("pid").replace_strict(vcpu_of["pid"], vcpu_of["_vcpu"], default=None,
                                                 return_dtype=pl.Int64)
-            own = acc.select((vcpu.is_null() | (pl.col("apicid").cast(pl.Int64) == vcpu)).fill_null(True)).to_series()
+            own = (vcpu.is_null() | (pl.col("apicid").cast(pl.Int64) == vcpu)).fill_null(True)
             if key in routes["apic_nmi"]:
-                nmi = acc.with_columns(own.alias("_own")).filter(pl.col("dm") == DM_NMI).drop("dm")
-                nmi_accepts = nmi.filter(pl.col("_own")).drop("_own")
-                elsewhere = nmi.filter(~pl.col("_own")).drop("_own")
+                nmi = acc.filter(pl.col("dm") == DM_NMI).drop("dm")
+                nmi_accepts, elsewhere = nmi.filter(own), nmi.filter(~own)
             acc = acc.filter(own)
             if key in routes["lvtpc_fixed"]:
                 fixed = acc.filter(pl.col("dm") == DM_FIXED).with_columns(pl.lit(3, pl.Int8).alias("kind"))
